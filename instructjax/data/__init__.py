@@ -1,0 +1,1 @@
+"""Datasets: the embedded testbed, real preference datasets, and input pipelines."""

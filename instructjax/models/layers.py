@@ -1,0 +1,158 @@
+"""Transformer building blocks: norms, rotary embeddings, attention with a KV cache, MLPs.
+
+Every parameter is created with logical axis names (see `instructjax.sharding` for the
+rule table that maps them onto mesh axes).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from instructjax.models.config import ModelConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _param_init(init, axes):
+  return nn.with_logical_partitioning(init, axes)
+
+
+class RMSNorm(nn.Module):
+  """Llama's norm: x / rms(x) * weight, computed in float32."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):  # x: [..., D]
+    cfg = self.config
+    weight = self.param("scale", _param_init(nn.initializers.ones, ("norm",)),
+                        (x.shape[-1],), cfg.weight_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+    return (x32.astype(cfg.compute_dtype) * weight.astype(cfg.compute_dtype))
+
+
+def make_norm(config: ModelConfig, name: str) -> nn.Module:
+  if config.arch == "llama":
+    return RMSNorm(config, name=name)
+  return nn.LayerNorm(
+      epsilon=config.norm_eps, dtype=config.compute_dtype, param_dtype=config.weight_dtype,
+      scale_init=_param_init(nn.initializers.ones, ("norm",)),
+      bias_init=_param_init(nn.initializers.zeros, ("norm",)), name=name)
+
+
+def apply_rope(x, positions, *, theta: float):
+  """Rotary embedding in the rotate-half layout that HF Llama uses.
+
+  x: [B, T, H, Dh]; positions: [B, T] int.
+  """
+  head_dim = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, Dh]
+  x32 = x.astype(jnp.float32)
+  half = head_dim // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Causal (grouped-query) self-attention; `decode=True` reads and writes a KV cache.
+
+  The cache holds keys and values for `max_len` slots plus a mask of which slots hold
+  real tokens, so left-padded prompts of different lengths share one write index.
+  """
+  config: ModelConfig
+  decode: bool = False
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, positions, token_mask):
+    # x: [B, T, D]; positions: [B, T]; token_mask: [B, T] (1 = real token)
+    cfg = self.config
+    h, kvh, dh = cfg.n_heads, cfg.kv_heads, cfg.head_dim_
+    use_bias = cfg.arch == "gpt2"
+
+    def proj(name, heads, axes):
+      return nn.DenseGeneral(
+          features=(heads, dh), use_bias=use_bias, dtype=cfg.compute_dtype,
+          param_dtype=cfg.weight_dtype, kernel_init=_param_init(_INIT, ("embed", axes, "head_dim")),
+          bias_init=_param_init(nn.initializers.zeros, (axes, "head_dim")), name=name)(x)
+
+    q = proj("q_proj", h, "heads")  # [B, T, H, Dh]
+    k = proj("k_proj", kvh, "kv_heads")  # [B, T, KV, Dh]
+    v = proj("v_proj", kvh, "kv_heads")  # [B, T, KV, Dh]
+    if cfg.arch == "llama":
+      q = apply_rope(q, positions, theta=cfg.rope_theta)
+      k = apply_rope(k, positions, theta=cfg.rope_theta)
+
+    batch, t = x.shape[0], x.shape[1]
+    if self.decode:
+      k, v, key_mask, query_slots = self._update_cache(k, v, token_mask)
+      key_slots = jnp.arange(k.shape[1])
+      allowed = (key_slots[None, None, :] <= query_slots[:, :, None])  # [B, T, S]
+    else:
+      key_mask = token_mask
+      idx = jnp.arange(t)
+      allowed = jnp.broadcast_to(idx[None, :, None] >= idx[None, None, :], (batch, t, t))
+    allowed = allowed & (key_mask[:, None, :] > 0)  # [B, T, S]
+
+    groups = h // kvh
+    q = q.reshape(batch, t, kvh, groups, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(dh)
+    # A finite minimum keeps fully masked rows (left padding) free of NaNs.
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, t, h, dh)
+    out = nn.DenseGeneral(
+        features=cfg.d_model, axis=(-2, -1), use_bias=use_bias, dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
+        kernel_init=_param_init(_INIT, ("heads", "head_dim", "embed")),
+        bias_init=_param_init(nn.initializers.zeros, ("embed",)), name="o_proj")(out)
+    return nn.Dropout(cfg.dropout_rate)(out, deterministic=self.deterministic)
+
+  def _update_cache(self, k, v, token_mask):
+    """Writes this call's T keys/values at the cache index; returns the full cache."""
+    batch, t, kvh, dh = k.shape
+    initialised = self.has_variable("cache", "cached_key")
+    # At init the input is [B, max_len] and only sizes the cache.
+    ck = self.variable("cache", "cached_key", jnp.zeros, (batch, t, kvh, dh), k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, (batch, t, kvh, dh), v.dtype)
+    cm = self.variable("cache", "cache_mask", jnp.zeros, (batch, t), jnp.int32)
+    ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not initialised:
+      slots = jnp.broadcast_to(jnp.arange(t)[None], (batch, t))
+      return k, v, token_mask, slots
+    index = ci.value
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, index, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, index, 0, 0))
+    cm.value = jax.lax.dynamic_update_slice(cm.value, token_mask.astype(jnp.int32), (0, index))
+    ci.value = index + t
+    slots = jnp.broadcast_to(index + jnp.arange(t)[None], (batch, t))  # [B, T]
+    return ck.value, cv.value, cm.value, slots
+
+
+class Mlp(nn.Module):
+  config: ModelConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x):  # x: [B, T, D]
+    cfg = self.config
+    use_bias = cfg.arch == "gpt2"
+
+    def dense(name, features, axes):
+      return nn.Dense(
+          features, use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+          kernel_init=_param_init(_INIT, axes),
+          bias_init=_param_init(nn.initializers.zeros, axes[1:]), name=name)
+
+    if cfg.arch == "llama":
+      hidden = nn.silu(dense("gate_proj", cfg.ff_dim, ("embed", "mlp"))(x)) * dense(
+          "up_proj", cfg.ff_dim, ("embed", "mlp"))(x)  # [B, T, F]
+    else:
+      hidden = nn.gelu(dense("fc_in", cfg.ff_dim, ("embed", "mlp"))(x), approximate=True)
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
+    out = dense("fc_out" if cfg.arch == "gpt2" else "down_proj", cfg.d_model, ("mlp", "embed"))(hidden)
+    return nn.Dropout(cfg.dropout_rate)(out, deterministic=self.deterministic)

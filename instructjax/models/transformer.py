@@ -1,0 +1,120 @@
+"""The decoder-only transformer: a shared trunk, an LM head, and a scalar head.
+
+Parameter tree (the same for both families, so checkpoints map one to one):
+  transformer/{wte, wpe (gpt2), block_0 .. block_{L-1}, ln_f}
+  lm_head (untied only) | scalar_head
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from instructjax.models.config import ModelConfig
+from instructjax.models.layers import Attention, Mlp, make_norm
+
+_EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def default_positions(token_mask):
+  """Position of each token counting only real tokens, so left padding is harmless."""
+  return jnp.maximum(jnp.cumsum(token_mask, axis=-1) - 1, 0)  # [B, T]
+
+
+class Block(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, token_mask, deterministic, decode):  # x: [B, T, D]
+    cfg = self.config
+    attn = Attention(cfg, decode=decode, deterministic=deterministic, name="attn")
+    x = x + attn(make_norm(cfg, "ln_1")(x), positions, token_mask)
+    x = x + Mlp(cfg, deterministic=deterministic, name="mlp")(make_norm(cfg, "ln_2")(x))
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+
+class Trunk(nn.Module):
+  """Token (+ position) embeddings, the blocks, and the final norm: hidden states."""
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.wte = nn.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        embedding_init=nn.with_logical_partitioning(_EMBED_INIT, ("vocab", "embed")))
+    if cfg.arch == "gpt2":
+      self.wpe = nn.Embed(
+          cfg.max_len, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+          embedding_init=nn.with_logical_partitioning(_EMBED_INIT, ("positions", "embed")))
+    # deterministic and decode (call arguments 4 and 5, counting self) are static.
+    block_cls = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat else Block
+    self.blocks = [block_cls(cfg, name=f"block_{i}") for i in range(cfg.n_layers)]
+    self.ln_f = make_norm(cfg, "ln_f")
+    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, tokens, *, positions=None, token_mask=None, deterministic=True,
+               decode=False):
+    # tokens: [B, T] -> hidden: [B, T, D]
+    cfg = self.config
+    if token_mask is None:
+      token_mask = jnp.ones_like(tokens)
+    if positions is None:
+      positions = default_positions(token_mask)
+    x = self.wte(tokens)
+    if cfg.arch == "gpt2":
+      x = x + self.wpe(positions)
+    x = self.embed_dropout(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    for block in self.blocks:
+      x = block(x, positions, token_mask, deterministic, decode)
+    return self.ln_f(x)
+
+
+class CausalLM(nn.Module):
+  """Next-token logits. `apply({'params': p}, tokens)` -> logits [B, T, V] (float32)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, *, positions=None, token_mask=None, deterministic=True,
+               decode=False):
+    cfg = self.config
+    trunk = Trunk(cfg, name="transformer")
+    hidden = trunk(tokens, positions=positions, token_mask=token_mask,
+                   deterministic=deterministic, decode=decode)  # [B, T, D]
+    if cfg.tie_embeddings:
+      logits = trunk.wte.attend(hidden)
+    else:
+      logits = nn.Dense(
+          cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+          kernel_init=nn.with_logical_partitioning(_EMBED_INIT, ("embed", "vocab")),
+          name="lm_head")(hidden)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
+    return logits.astype(jnp.float32)  # [B, T, V]
+
+
+class ScalarModel(nn.Module):
+  """The trunk with the unembedding replaced by a scalar head: a value per position.
+
+  Reward models read it at the last real token (`last_token_value`); value models use
+  every position.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, *, positions=None, token_mask=None, deterministic=True):
+    cfg = self.config
+    hidden = Trunk(cfg, name="transformer")(
+        tokens, positions=positions, token_mask=token_mask, deterministic=deterministic)
+    value = nn.Dense(
+        1, dtype=jnp.float32, param_dtype=cfg.weight_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "scalar")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("scalar",)),
+        name="scalar_head")(hidden.astype(jnp.float32))
+    return value[..., 0]  # [B, T]
+
+
+def last_token_value(values, token_mask):
+  """values: [..., T], token_mask: [..., T] -> value at the last real token: [...]."""
+  positions = jnp.arange(token_mask.shape[-1])
+  last = jnp.max(jnp.where(token_mask > 0, positions, 0), axis=-1)  # [...]
+  return jnp.take_along_axis(values, last[..., None], axis=-1)[..., 0]

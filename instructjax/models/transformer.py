@@ -105,10 +105,12 @@ class ScalarModel(nn.Module):
     cfg = self.config
     hidden = Trunk(cfg, name="transformer")(
         tokens, positions=positions, token_mask=token_mask, deterministic=deterministic)
+    # No bias: the ranking loss cannot see one (it cancels in r_w - r_l), so its gradient
+    # is pure rounding noise that Adam would amplify. The RM's offset is set after
+    # training instead (reward normalisation).
     value = nn.Dense(
-        1, dtype=jnp.float32, param_dtype=cfg.weight_dtype,
+        1, use_bias=False, dtype=jnp.float32, param_dtype=cfg.weight_dtype,
         kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "scalar")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("scalar",)),
         name="scalar_head")(hidden.astype(jnp.float32))
     return value[..., 0]  # [B, T]
 

@@ -1,0 +1,103 @@
+"""Experiment configs: loading `experiments/*.py:variant` files and validating them.
+
+Configs are ml_collections ConfigDicts returned by `get_config(variant)`; command-line
+overrides use the usual flags (`--config=experiments/x.py:quick --config.ppo.kl_coef=0.05`).
+They are locked, so an unknown key fails, and `validate` checks values up front with a
+message naming the field.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+from instructjax.models.config import ModelConfig
+
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+    "instructgpt_tiny.py")
+
+
+class ConfigError(ValueError):
+  """A config field with an impossible value; the message names the field."""
+
+
+def load_config(spec: str = DEFAULT_CONFIG) -> ml_collections.ConfigDict:
+  """'path/to/file.py[:variant]' -> the validated, locked config (for notebooks/tests)."""
+  path, _, variant = spec.partition(":")
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location("instructjax_experiment", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(variant) if variant else module.get_config()
+  config.lock()
+  validate(config)
+  return config
+
+
+def model_config(section: ml_collections.ConfigDict, *, field: str) -> ModelConfig:
+  try:
+    return ModelConfig(**section.to_dict())
+  except (TypeError, ValueError) as error:
+    raise ConfigError(f"{field}: {error}") from error
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+  if not condition:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+_TRAIN_SECTIONS = ("pretrain", "sft", "rm", "ppo")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every value that can be checked before building anything."""
+  for name in ("model", "big_model"):
+    if name in config:
+      model_config(config[name], field=f"config.{name}")
+  for axis in ("data", "fsdp", "tensor"):
+    size = config.mesh[axis]
+    _require(size == -1 or size >= 1, f"mesh.{axis}", f"{size} must be >= 1 or -1")
+  _require(sum(config.mesh[a] == -1 for a in ("data", "fsdp", "tensor")) <= 1, "mesh",
+           "at most one axis may be -1")
+  for section in _TRAIN_SECTIONS:
+    if section not in config:
+      continue
+    cfg = config[section]
+    for field in ("steps", "batch_size", "accum_steps"):
+      if field in cfg:
+        _require(cfg[field] >= 1, f"{section}.{field}", f"{cfg[field]} must be >= 1")
+    if "batch_size" in cfg and "accum_steps" in cfg:
+      _require(cfg.batch_size % cfg.accum_steps == 0, f"{section}.accum_steps",
+               f"batch_size={cfg.batch_size} is not divisible by accum_steps={cfg.accum_steps}")
+    if "lr" in cfg:
+      _require(cfg.lr > 0, f"{section}.lr", f"{cfg.lr} must be positive")
+    if "warmup_steps" in cfg and "steps" in cfg:
+      _require(0 <= cfg.warmup_steps <= cfg.steps, f"{section}.warmup_steps",
+               f"{cfg.warmup_steps} must be in [0, steps={cfg.steps}]")
+  if "ppo" in config:
+    ppo = config.ppo
+    _require(ppo.kl_coef >= 0, "ppo.kl_coef", f"{ppo.kl_coef} must be >= 0")
+    _require(ppo.ptx_coef >= 0, "ppo.ptx_coef", f"{ppo.ptx_coef} must be >= 0")
+    _require(0 < ppo.clip_eps < 1, "ppo.clip_eps", f"{ppo.clip_eps} must be in (0, 1)")
+    _require(0 <= ppo.gae_lambda <= 1, "ppo.gae_lambda", f"{ppo.gae_lambda} must be in [0, 1]")
+    _require(0 <= ppo.gamma <= 1, "ppo.gamma", f"{ppo.gamma} must be in [0, 1]")
+    _require(ppo.temperature > 0, "ppo.temperature", f"{ppo.temperature} must be > 0")
+    _require(ppo.rollout_batch_size % ppo.minibatch_size == 0, "ppo.minibatch_size",
+             f"rollout_batch_size={ppo.rollout_batch_size} is not divisible by "
+             f"minibatch_size={ppo.minibatch_size}")
+    if ppo.adaptive_kl:
+      _require(ppo.target_kl > 0, "ppo.target_kl", "must be > 0 when adaptive_kl is on")
+    _require(0 <= ppo.ema_decay < 1, "ppo.ema_decay", f"{ppo.ema_decay} must be in [0, 1)")
+  data = config.data
+  _require(data.max_prompt_len >= 1, "data.max_prompt_len", "must be >= 1")
+  _require(data.max_len > data.max_prompt_len, "data.max_len",
+           f"{data.max_len} must exceed max_prompt_len={data.max_prompt_len}")
+  _require(list(data.buckets) == sorted(data.buckets) and data.buckets[-1] >= data.max_len,
+           "data.buckets", f"{tuple(data.buckets)} must be increasing and end >= max_len")
+  if "model" in config:
+    _require(data.max_len <= config.model.max_len, "data.max_len",
+             f"{data.max_len} exceeds model.max_len={config.model.max_len}")

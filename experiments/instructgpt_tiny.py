@@ -38,7 +38,7 @@ def get_config(variant: str = ""):
 
   # The small vanilla LM: the one SFT, the RM and PPO start from.
   config.model = ml_collections.ConfigDict(dict(
-      arch="gpt2", vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=0,
+      arch="gpt2", vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=0,
       head_dim=0, d_ff=0, max_len=96, norm_eps=1e-5, rope_theta=10000.0,
       tie_embeddings=True,
       dropout_rate=0.0,  # paper: residual dropout 0.2 in SFT; tiny models underfit with it
@@ -54,7 +54,12 @@ def get_config(variant: str = ""):
       source="testbed",  # "testbed" (embedded, no downloads) or "jsonl" (the *_path fields)
       dir="",  # where the testbed's JSONL files and tokenizer go; "" = WORKDIR/testbed
       tokenizer="",  # HF tokenizer directory; "" = the testbed's own BPE tokenizer
-      tokenizer_vocab_size=512,  # the testbed BPE's size; must fit model.vocab_size
+      tokenizer_vocab_size=1024,  # the testbed BPE's size; must fit model.vocab_size
+      # Sizes of the generated testbed (instructjax.data.testbed.TestbedSizes).
+      testbed=ml_collections.ConfigDict(dict(
+          pretrain=30_000, pretrain_heldout=1_000, sft=1_200, rm_train=1_200, rm_eval=200,
+          ppo=2_400, eval=300, train_labelers=6, heldout_labelers=3, min_responses=4,
+          max_responses=9)),
       max_prompt_len=48,  # prompts longer than this are cut from the left
       max_len=96,  # prompt + response; responses are cut from the right
       buckets=(32, 64, 96),  # padded lengths, so steps compile a bounded number of times
@@ -110,6 +115,8 @@ def get_config(variant: str = ""):
     config.ppo.update(iterations=4, rollout_batch_size=16, minibatch_size=8,
                       ptx_batch_size=8, checkpoint_every=2)
     config.eval.prompts = 32
+    config.data.testbed.update(pretrain=5_000, pretrain_heldout=200, sft=300, rm_train=300,
+                               rm_eval=64, ppo=400, eval=64)
   elif variant:
     raise ValueError(f"unknown variant {variant!r}; known: '', 'quick'")
   return config

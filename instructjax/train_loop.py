@@ -43,16 +43,21 @@ class StageSpec:
   step: Callable[..., tuple[TrainState, dict]]  # (state, batch) -> (state, metrics)
   batches: ResumableIterator  # host batches (numpy pytrees)
   evaluate: Callable[[TrainState], dict] | None = None
+  # abstract params (with shardings) -> starting params (e.g. the previous stage's);
+  # None starts from the fresh init. Not called when resuming from a checkpoint.
+  load_params: Callable[[Any], Any] | None = None
   seed: int = 0
   log: ml_collections.ConfigDict | None = None
 
 
-def mean_metrics(sums: dict) -> dict:
-  """Scalars for a log line: averages of '*_sum' over their counts, others as they are."""
-  out = {}
-  for key, value in sums.items():
-    out[key] = float(np.asarray(value))
-  return out
+def abstract_like(tree):
+  """ShapeDtypeStructs (with shardings) of a tree of arrays: a restore target."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
+
+
+def to_floats(metrics: dict) -> dict:
+  return {key: float(np.asarray(value)) for key, value in metrics.items()}
 
 
 def run_stage(spec: StageSpec) -> TrainState:
@@ -68,6 +73,8 @@ def run_stage(spec: StageSpec) -> TrainState:
     state, extra, step = restored
     spec.batches.set_state(extra["data"])
     print(f"[{spec.name}] resumed from step {step}", flush=True)
+  elif spec.load_params is not None:
+    state = state.replace(params=spec.load_params(abstract_like(state.params)))
   log_cfg = spec.log or ml_collections.ConfigDict(dict(tensorboard=True, wandb_project=""))
   run_log = RunLog(spec.workdir, stage=spec.name, tensorboard=log_cfg.tensorboard,
                    wandb_project=log_cfg.wandb_project)
@@ -87,11 +94,11 @@ def run_stage(spec: StageSpec) -> TrainState:
             f"grad_norm={float(metrics['grad_norm'])}); parameters were not updated and the "
             f"last good checkpoint in {checkpointer.directory} is intact")
       if done % 10 == 0 or done == cfg.steps:
-        run_log.write(done, {**mean_metrics(metrics), "steps_per_s": (done - start) /
+        run_log.write(done, {**to_floats(metrics), "steps_per_s": (done - start) /
                              max(time.time() - t0, 1e-9)}, prefix="train/")
         bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
       if spec.evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-        run_log.write(done, spec.evaluate(state), prefix="eval/")
+        run_log.write(done, to_floats(spec.evaluate(state)), prefix="eval/")
       if done % cfg.checkpoint_every == 0 or done == cfg.steps:
         checkpointer.save(done, state, extra={"data": spec.batches.get_state()})
       bar.update(1)

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
-import transformers
 
 from instructjax.models.config import ModelConfig
 from instructjax.models.transformer import CausalLM
@@ -40,11 +39,6 @@ SUPPORTED_ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
-}
-_CONFIG_CLASSES = {
-    "gpt2": transformers.GPT2Config,
-    "llama": transformers.LlamaConfig,
-    "mistral": transformers.MistralConfig,
 }
 # JSON, safetensors and tokenizer files; never *.bin / *.pt / *.pkl (pickle).
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "tokenizer.model"]
@@ -60,7 +54,7 @@ _BUFFERS = {
 _BASE_PREFIX = {"gpt2": "transformer.", "llama": "model."}
 _LM_HEAD = "lm_head.weight"
 
-Path = tuple[str, ...]  # a parameter's path in the params tree
+ParamPath = tuple[str, ...]  # a parameter's path in the params tree, e.g. ("lm_head", "kernel")
 
 
 class HFCheckpointError(ValueError):
@@ -164,7 +158,8 @@ def _resolve(path_or_name) -> pathlib.Path:
     return pathlib.Path(huggingface_hub.snapshot_download(
         repo_id=name, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=offline))
   except (OSError, ValueError, huggingface_hub.errors.HTTPError) as e:
-    mode = "offline (HF_HUB_OFFLINE is set), not in the local cache" if offline else "download failed"
+    mode = ("offline (HF_HUB_OFFLINE is set), not in the local cache" if offline
+            else "download failed")
     raise HFCheckpointError(
         f"{name!r} is not a local directory and could not be fetched from the Hugging Face "
         f"Hub: {mode} ({type(e).__name__}: {e}). Pass a local checkpoint directory.") from e
@@ -179,7 +174,7 @@ def _read_config(path: pathlib.Path, *, dtype: str, param_dtype: str) -> tuple[M
     raise HFCheckpointError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from e
   supported = ", ".join(f"{a} ({t})" for a, t in SUPPORTED_ARCHITECTURES.items())
   model_type = raw.get("model_type")
-  if model_type not in _CONFIG_CLASSES:
+  if model_type not in SUPPORTED_ARCHITECTURES.values():
     raise HFCheckpointError(
         f"{path}: model_type {model_type!r} is not supported; supported: {supported}")
   architectures = raw.get("architectures") or []
@@ -188,8 +183,9 @@ def _read_config(path: pathlib.Path, *, dtype: str, param_dtype: str) -> tuple[M
       raise HFCheckpointError(
           f"{path}: architecture {arch!r} (model_type {model_type!r}) is not supported; "
           f"supported: {supported}")
+  transformers = _import_transformers()
   try:
-    hf = _CONFIG_CLASSES[model_type].from_dict(raw)
+    hf = transformers.CONFIG_MAPPING[model_type].from_dict(raw)
   except (huggingface_hub.errors.StrictDataclassError, ValueError, TypeError,
           ArithmeticError) as e:
     raise HFCheckpointError(f"{path}: invalid {model_type} config: {e}") from e
@@ -203,6 +199,16 @@ def _read_config(path: pathlib.Path, *, dtype: str, param_dtype: str) -> tuple[M
   except ValueError as e:  # ModelConfig's own validation
     raise HFCheckpointError(f"{path}: {e}") from e
   return config, "gpt2" if model_type == "gpt2" else "llama"
+
+
+def _import_transformers():
+  """transformers (for its config classes), imported on first use.
+
+  Importing it takes about a second and warns when torch is absent: a cost that
+  `import instructjax.models` should not pay when no checkpoint is converted.
+  """
+  import transformers  # pylint: disable=g-import-not-at-top
+  return transformers
 
 
 def _unsupported(path, field, value, expected) -> HFCheckpointError:
@@ -351,16 +357,16 @@ class _Link:
   jnp, so `jax.eval_shape` can derive HF shapes without allocating weights.
   """
   hf_name: str
-  paths: tuple[Path, ...]
+  paths: tuple[ParamPath, ...]
   to_ours: Callable[[Any], tuple[Any, ...]]
   to_hf: Callable[..., Any]
 
 
-def _same(name: str, path: Path) -> _Link:
+def _same(name: str, path: ParamPath) -> _Link:
   return _Link(name, (path,), lambda w: (w,), lambda p: p)
 
 
-def _transposed(name: str, path: Path, our_shape: tuple[int, ...], *,
+def _transposed(name: str, path: ParamPath, our_shape: tuple[int, ...], *,
                 in_features: int = 0) -> _Link:
   """A torch Linear weight [out, in] <-> a kernel of `our_shape` (input axes first).
 
@@ -442,6 +448,7 @@ def _llama_links(config: ModelConfig) -> list[_Link]:
 
 def _hf_config(config: ModelConfig):
   """The transformers config object describing `config` (for `save_pretrained`)."""
+  transformers = _import_transformers()
   common = dict(vocab_size=config.vocab_size, tie_word_embeddings=config.tie_embeddings,
                 bos_token_id=None, eos_token_id=None, dtype=config.param_dtype)
   if config.arch == "gpt2":
@@ -496,7 +503,7 @@ def _check_params(params, expected, *, what: str) -> None:
           f"expects {tuple(spec.shape)}")
 
 
-def _flatten(tree, what: str) -> dict[Path, Any]:
+def _flatten(tree, what: str) -> dict[ParamPath, Any]:
   if not isinstance(tree, collections.abc.Mapping) or not tree:
     raise HFCheckpointError(
         f"{what} must be a non-empty mapping of parameters, got {type(tree).__name__}")
@@ -509,13 +516,13 @@ def _flatten(tree, what: str) -> dict[Path, Any]:
   return flat
 
 
-def _get(tree, path: Path):
+def _get(tree, path: ParamPath):
   for key in path:
     tree = tree[key]
   return tree
 
 
-def _set(tree: dict, path: Path, value) -> None:
+def _set(tree: dict, path: ParamPath, value) -> None:
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value

@@ -1,0 +1,24 @@
+"""Command-line flags shared by the stage programs: --config (ml_collections) and
+--workdir. Overrides follow the config file: --config.sft.lr=3e-4."""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from instructjax.config import DEFAULT_CONFIG, validate
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", DEFAULT_CONFIG, "experiment config: path/to/file.py[:variant]",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "the run's directory")
+
+
+def config_and_workdir():
+  """The parsed, validated config and the absolute run directory (call inside main)."""
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  config = _CONFIG.value
+  validate(config)
+  return config, os.path.abspath(_WORKDIR.value)

@@ -1,0 +1,88 @@
+"""Where a run's records and tokenizer come from: the embedded testbed or JSONL files.
+
+Both end up as the same generic records (`instructjax.data.records`), so the stage
+programs never care which source they read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import ml_collections
+import transformers
+
+from instructjax.data import records, tokenize
+from instructjax.data import testbed as testbed_lib
+
+SPLITS = {  # split -> record kind
+    "pretrain": "text", "pretrain_heldout": "text", "sft": "sft", "rm_train": "ranking",
+    "rm_eval": "ranking", "ppo_prompts": "prompt", "eval_prompts": "prompt",
+}
+_DONE = "testbed.json"
+
+
+@dataclasses.dataclass
+class DataSource:
+  """A run's data: where the split files are, the tokenizer, and (for the testbed) the
+  generated world, whose `Example`s give gold scores and whose labelers judge."""
+  directory: str
+  tokenizer: Any
+  testbed: testbed_lib.Testbed | None
+  bad_rows: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  def read(self, split: str, *, skip_bad_rows: bool = False) -> list[Any]:
+    path = os.path.join(self.directory, f"{split}.jsonl")
+    result = records.read_jsonl(path, SPLITS[split], skip_bad_rows=skip_bad_rows)
+    self.bad_rows[split] = result.num_bad_rows
+    return result.records
+
+
+def testbed_sizes(config: ml_collections.ConfigDict) -> testbed_lib.TestbedSizes:
+  return testbed_lib.TestbedSizes(**config.data.testbed.to_dict())
+
+
+def prepare_testbed(config: ml_collections.ConfigDict, directory: str) -> testbed_lib.Testbed:
+  """Builds the testbed (seconds, deterministic per seed); writes its files and trains its
+  tokenizer once. The card is written last, so a killed run rebuilds the files."""
+  bed = testbed_lib.build_testbed(seed=config.seed, sizes=testbed_sizes(config))
+  card_path = os.path.join(directory, _DONE)
+  card = {"seed": config.seed, "sizes": config.data.testbed.to_dict(),
+          "tokenizer_vocab_size": config.data.tokenizer_vocab_size}
+  if os.path.exists(card_path):
+    with open(card_path, encoding="utf-8") as f:
+      if json.load(f) == card:
+        return bed
+  os.makedirs(directory, exist_ok=True)
+  testbed_lib.write_testbed(bed, directory)
+  testbed_lib.train_tokenizer(bed, os.path.join(directory, "tokenizer"),
+                              vocab_size=config.data.tokenizer_vocab_size)
+  with open(card_path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(card, f)
+  os.replace(card_path + ".tmp", card_path)
+  return bed
+
+
+def load_data(config: ml_collections.ConfigDict, run_dir: str) -> DataSource:
+  """The data of a run rooted at run_dir, checked against the model's vocabulary."""
+  bed = None
+  if config.data.source == "testbed":
+    directory = config.data.dir or os.path.join(run_dir, "testbed")
+    bed = prepare_testbed(config, directory)
+    tokenizer_dir = config.data.tokenizer or os.path.join(directory, "tokenizer")
+  elif config.data.source == "jsonl":
+    directory = config.data.dir
+    if not directory or not os.path.isdir(directory):
+      raise ValueError(f"config.data.dir={directory!r}: a directory of split files "
+                       f"({', '.join(s + '.jsonl' for s in SPLITS)}) is needed when "
+                       "data.source='jsonl'")
+    tokenizer_dir = config.data.tokenizer
+  else:
+    raise ValueError(f"config.data.source={config.data.source!r} is not 'testbed' or 'jsonl'")
+  if not tokenizer_dir:
+    raise ValueError("config.data.tokenizer: a tokenizer directory is needed")
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+  tokenize.check_tokenizer_matches(tokenizer, config.model.vocab_size)
+  return DataSource(directory=directory, tokenizer=tokenizer, testbed=bed)

@@ -1,0 +1,72 @@
+"""Evaluations shared by the stages and the final report: held-out LM loss, sampled
+responses to prompts, and their gold scores on the testbed."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from instructjax import losses, sampling, sharding
+from instructjax.data import pipeline, records, testbed, tokenize
+
+
+@functools.partial(jax.jit, static_argnames="apply_fn")
+def _loss_sums(params, batch, *, apply_fn):
+  logits = apply_fn({"params": params}, batch.tokens, token_mask=batch.token_mask)
+  _, metrics = losses.next_token_loss(logits=logits, tokens=batch.tokens,
+                                      loss_mask=batch.loss_mask)
+  return metrics["loss_sum"], metrics["token_count"]
+
+
+def lm_loss(apply_fn, params, rows: Sequence[Any], batcher, *, batch_size: int,
+            mesh, max_batches: int = 0) -> float:
+  """Mean next-token loss over rows' masked tokens (every row once, or max_batches)."""
+  total, count = 0.0, 0.0
+  for i, batch in enumerate(pipeline.iterate_once(rows, batcher, batch_size=batch_size)):
+    if max_batches and i >= max_batches:
+      break
+    loss_sum, n = _loss_sums(params, sharding.shard_batch(batch, mesh), apply_fn=apply_fn)
+    total, count = total + float(loss_sum), count + float(n)
+  return total / max(count, 1.0)
+
+
+def sample_responses(model, params, prompts: Sequence[str], tokenizer, *,
+                     sampling_config: sampling.SamplingConfig, batch_size: int,
+                     buckets: Sequence[int], mesh, rng: jax.Array) -> list[str]:
+  """Decoded responses (up to EOS) to each prompt, batched and left-padded."""
+  batcher = pipeline.PromptBatcher(tokenizer, buckets=buckets)
+  rows = [records.PromptRecord(p) for p in prompts]
+  out: list[str] = []
+  for i, batch in enumerate(pipeline.iterate_once(rows, batcher, batch_size=batch_size)):
+    batch = sharding.shard_batch(batch, mesh)
+    result = sampling.generate(model, params, batch.prompt_tokens, batch.prompt_mask,
+                               jax.random.fold_in(rng, i), config=sampling_config)
+    out.extend(decode_responses(tokenizer, result.response_tokens, result.response_mask,
+                                eos_id=sampling_config.eos_id))
+  return out[:len(prompts)]
+
+
+def decode_responses(tokenizer, response_tokens, response_mask, *, eos_id) -> list[str]:
+  """[B, N] token ids -> texts, without padding and EOS."""
+  tokens = np.asarray(response_tokens)
+  mask = np.asarray(response_mask) > 0
+  texts = []
+  for row, keep in zip(tokens, mask):
+    ids = [int(t) for t, k in zip(row, keep) if k and int(t) != eos_id]
+    texts.append(tokenizer.decode(ids, skip_special_tokens=False))
+  return texts
+
+
+def greedy_config(tokenizer, *, max_new_tokens: int) -> sampling.SamplingConfig:
+  return sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True,
+                                 eos_id=tokenize.eos_id(tokenizer),
+                                 pad_id=tokenize.pad_id(tokenizer))
+
+
+def mean_gold_score(examples, responses: Sequence[str]) -> float:
+  return float(np.mean([testbed.score(e, r) for e, r in zip(examples, responses)]))
+
+

@@ -117,6 +117,18 @@ def get_config(variant: str = ""):
     config.eval.prompts = 32
     config.data.testbed.update(pretrain=5_000, pretrain_heldout=200, sft=300, rm_train=300,
                                rm_eval=64, ppo=400, eval=64)
+  elif variant == "test":  # seconds per stage: for tests of the programs' plumbing
+    config.model.update(d_model=32, max_len=64)
+    config.big_model.update(d_model=32, n_layers=2, max_len=64)
+    config.data.update(max_prompt_len=40, max_len=64, buckets=(64,))
+    for section in ("pretrain", "pretrain_big", "sft", "rm"):
+      config[section].update(steps=6, batch_size=8, eval_every=3, checkpoint_every=3,
+                             warmup_steps=1)
+    config.ppo.update(iterations=2, rollout_batch_size=8, minibatch_size=4, ptx_batch_size=4,
+                      max_new_tokens=6, checkpoint_every=1)
+    config.eval.update(prompts=8, max_new_tokens=6)
+    config.data.testbed.update(pretrain=300, pretrain_heldout=20, sft=40, rm_train=40,
+                               rm_eval=16, ppo=40, eval=16)
   elif variant:
-    raise ValueError(f"unknown variant {variant!r}; known: '', 'quick'")
+    raise ValueError(f"unknown variant {variant!r}; known: '', 'quick', 'test'")
   return config

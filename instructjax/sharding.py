@@ -117,6 +117,17 @@ def create_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args):
   return tree, shardings
 
 
+def abstract_params(model: nn.Module, mesh: Mesh, *, example_len: int = 8):
+  """The model's parameters as ShapeDtypeStructs laid out on the mesh: a restore target
+  for a checkpoint, computed without allocating anything."""
+  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                         jax.numpy.zeros((1, example_len), jax.numpy.int32))["params"]
+  check_partitioning(boxed, mesh)
+  shardings = logical_shardings(boxed, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      meta.unbox(boxed), shardings)
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Leading (batch) dimension over data x fsdp, the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))

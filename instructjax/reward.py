@@ -1,0 +1,144 @@
+"""Stage 2, the reward model: the SFT trunk with a scalar head, trained on K-wise rankings.
+
+  python -m instructjax.reward --config=experiments/instructgpt_tiny.py --workdir=runs/demo
+
+Starts from WORKDIR/sft's export. After training it measures the mean reward of the
+demonstrations and stores it as `reward_bias` in the export card: the normalised reward
+r(x, y) - reward_bias scores the demonstrations 0 on average, as in the paper. Ranking
+accuracy on held-out comparisons is reported separately for the labelers who produced
+training data and for the held-out labelers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app
+
+from instructjax import cli, sharding, stage_export
+from instructjax.config import model_config
+from instructjax.data import pipeline, sources
+from instructjax.data.batches import TokenBatch
+from instructjax.models import CausalLM, ScalarModel, last_token_value
+from instructjax.sft import make_init_state
+from instructjax.steps.reward_step import ranking_rewards, reward_step
+from instructjax.train_loop import StageSpec, run_stage
+
+STAGE = "rm"
+
+
+def load_sft_trunk(sft_dir: str, cfg, mesh):
+  """The SFT policy's trunk, laid out on the mesh: where the RM starts."""
+  abstract = sharding.abstract_params(CausalLM(cfg), mesh)
+  params, _ = stage_export.load_export(sft_dir, abstract, expected_stages=("sft",))
+  return params["transformer"]
+
+
+@functools.partial(jax.jit, static_argnames="apply_fn")
+def _rewards(params, batch, *, apply_fn):
+  return ranking_rewards(apply_fn, params, batch)
+
+
+@functools.partial(jax.jit, static_argnames="apply_fn")
+def _sequence_rewards(params, batch: TokenBatch, *, apply_fn):
+  values = apply_fn({"params": params}, batch.tokens, token_mask=batch.token_mask)  # [B, T]
+  return last_token_value(values, batch.token_mask)  # [B]
+
+
+def ranking_accuracy(apply_fn, params, rows, batcher, *, mesh, held_out_ids=frozenset(),
+                     batch_size: int = 16) -> dict:
+  """Pairwise ranking accuracy on rows, overall and split by held-out labelers."""
+  correct = {"train_labelers": 0, "heldout_labelers": 0}
+  total = {"train_labelers": 0, "heldout_labelers": 0}
+  for batch in pipeline.iterate_once(rows, batcher, batch_size=batch_size):
+    rewards = np.asarray(_rewards(params, sharding.shard_batch(batch, mesh),
+                                  apply_fn=apply_fn))  # [B, K]
+    for r, mask, labeler in zip(rewards, batch.response_mask, batch.labeler):
+      k = int(mask.sum())
+      if k < 2:
+        continue
+      group = "heldout_labelers" if int(labeler) in held_out_ids else "train_labelers"
+      pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+      correct[group] += sum(r[i] > r[j] for i, j in pairs)
+      total[group] += len(pairs)
+  out = {f"accuracy_{g}": correct[g] / total[g] for g in total if total[g]}
+  out["accuracy"] = sum(correct.values()) / max(sum(total.values()), 1)
+  return out
+
+
+def demonstration_reward_mean(apply_fn, params, rows, batcher, *, mesh) -> float:
+  values = []
+  for batch in pipeline.iterate_once(rows, batcher, batch_size=16):
+    r = np.asarray(_sequence_rewards(params, sharding.shard_batch(batch, mesh),
+                                     apply_fn=apply_fn))
+    values.extend(r[np.asarray(batch.token_mask).sum(-1) > 0])
+  return float(np.mean(values))
+
+
+def run(config: ml_collections.ConfigDict, run_dir: str) -> str:
+  stage_dir = os.path.join(run_dir, STAGE)
+  if stage_export.is_exported(stage_dir):
+    print(f"[{STAGE}] finished earlier: {stage_dir}", flush=True)
+    return stage_dir
+  train = config.rm
+  cfg = model_config(config.model, field="config.model")
+  data = sources.load_data(config, run_dir)
+  mesh = sharding.make_mesh(**config.mesh)
+  sharding.check_batch_divides(train.batch_size, mesh, field="config.rm.batch_size")
+  model = ScalarModel(cfg)
+  buckets = tuple(config.data.buckets)
+  rows = data.read("rm_train", skip_bad_rows=config.data.skip_bad_rows)
+  eval_rows = data.read("rm_eval", skip_bad_rows=config.data.skip_bad_rows)
+  k_max = max(len(r.responses) for r in rows + eval_rows)
+  batcher = pipeline.RankingBatcher(data.tokenizer, buckets=buckets,
+                                    max_prompt_len=config.data.max_prompt_len, k_max=k_max)
+  eval_batcher = pipeline.RankingBatcher(data.tokenizer, buckets=buckets,
+                                         max_prompt_len=config.data.max_prompt_len,
+                                         k_max=k_max)
+  held_out = frozenset(
+      l.id for l in data.testbed.labelers if l.held_out) if data.testbed else frozenset()
+
+  def load_params(abstract):
+    head = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding),
+                        abstract["scalar_head"])
+    return {"transformer": load_sft_trunk(os.path.join(run_dir, "sft"), cfg, mesh),
+            "scalar_head": head}
+
+  def evaluate(state):
+    return ranking_accuracy(model.apply, state.params, eval_rows, eval_batcher, mesh=mesh,
+                            held_out_ids=held_out)
+
+  spec = StageSpec(
+      name=STAGE, workdir=stage_dir, train=train, mesh=mesh,
+      init_state=make_init_state(model, train, buckets[0]),
+      step=functools.partial(reward_step, accum_steps=train.accum_steps),
+      batches=pipeline.BatchIterator(rows, batcher, batch_size=train.batch_size,
+                                     seed=config.seed),
+      evaluate=evaluate, load_params=load_params, seed=config.seed, log=config.log)
+  state = run_stage(spec)
+  final = evaluate(state)
+  sft_batcher = pipeline.SftBatcher(data.tokenizer, buckets=buckets,
+                                    max_prompt_len=config.data.max_prompt_len)
+  bias = demonstration_reward_mean(model.apply, state.params, data.read("sft"), sft_batcher,
+                                   mesh=mesh)
+  stage_export.save_export(stage_dir, state.params, stage=STAGE, card={
+      "model": cfg.__dict__, "steps": int(state.step), "reward_bias": bias,
+      "final_eval": final, "bad_rows": data.bad_rows})
+  print(f"[{STAGE}] done: reward_bias={bias:.4f}, " +
+        ", ".join(f"{k}={v:.4f}" for k, v in final.items()), flush=True)
+  return stage_dir
+
+
+def main(argv):
+  del argv
+  config, run_dir = cli.config_and_workdir()
+  run(config, run_dir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,111 @@
+"""Stage 3's experience: sample responses, score them, and turn scores into advantages.
+
+The environment is a bandit: a prompt, a sampled response, the reward model's score at
+the end. Numbered steps follow the InstructGPT / Ziegler et al. recipe; every function
+here is pure and jit-compiled.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from instructjax import losses, rl, sampling
+from instructjax.models import last_token_value
+
+
+@flax.struct.dataclass
+class Rollout:
+  """One batch of experience. S = P + N: prompt (left-padded) then response."""
+  tokens: jax.Array  # [B, S] int32
+  token_mask: jax.Array  # [B, S] int32: prompt and response tokens up to EOS
+  response_mask: jax.Array  # [B, N] int32
+  logprobs: jax.Array  # [B, N] policy log-probs at sampling time (temperature-scaled)
+  ref_logprobs: jax.Array  # [B, N] the frozen SFT policy's log-probs
+  values: jax.Array  # [B, N] value of the state before each response token
+  advantages: jax.Array  # [B, N] whitened GAE advantages
+  returns: jax.Array  # [B, N] GAE returns (value targets)
+  scores: jax.Array  # [B] normalised RM score, with the no-EOS penalty applied
+  raw_scores: jax.Array  # [B] RM score before normalisation
+  finished: jax.Array  # [B] bool: the response ended with EOS
+  example_index: jax.Array  # [B] int32: prompt's row in its dataset
+
+
+def response_logprobs(apply_fn, params, tokens, token_mask, *, prompt_len: int,
+                      temperature: float):
+  """Log-probs of the response tokens tokens[:, P:] under temperature-scaled logits,
+  the same distribution the sampler drew them from. -> ([B, N], logits [B, N, V])"""
+  logits = apply_fn({"params": params}, tokens, token_mask=token_mask)  # [B, S, V]
+  logits = logits[:, prompt_len - 1:-1] / temperature  # [B, N, V]: position t predicts t+1
+  return losses.token_logprobs(logits, tokens[:, prompt_len:]), logits
+
+
+def response_values(apply_fn, params, tokens, token_mask, *, prompt_len: int):
+  """V(state before response token t) for every t. -> [B, N]"""
+  values = apply_fn({"params": params}, tokens, token_mask=token_mask)  # [B, S]
+  return values[:, prompt_len - 1:-1]
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "policy", "value_model", "reward_model", "sampling_config", "gamma", "lam",
+    "whiten_rewards", "no_eos_penalty"))
+def make_rollout(params, prompt_tokens, prompt_mask, example_index, rng, kl_coef, *,
+                 policy, value_model, reward_model, sampling_config, reward_bias,
+                 gamma: float, lam: float, whiten_rewards: bool, no_eos_penalty: float):
+  """params: {'policy', 'value', 'ref', 'reward'}. prompt_tokens, prompt_mask: [B, P]."""
+  prompt_len = prompt_tokens.shape[1]
+  temperature = sampling_config.temperature
+  # 1. Sample a response to every prompt from the current policy (KV-cache decoding).
+  sample = sampling.generate(policy, params["policy"], prompt_tokens, prompt_mask, rng,
+                             config=sampling_config)
+  tokens = sample.tokens  # [B, S]
+  response_mask = sample.response_mask  # [B, N]
+  token_mask = jnp.concatenate([prompt_mask, response_mask], axis=1)  # [B, S]
+  # 2. Log-probs of the responses, recomputed by a full forward with the sampling
+  #    temperature, so the first PPO update sees a ratio of exactly 1.
+  logprobs, _ = response_logprobs(policy.apply, params["policy"], tokens, token_mask,
+                                  prompt_len=prompt_len, temperature=temperature)
+  ref_logprobs, _ = response_logprobs(policy.apply, params["ref"], tokens, token_mask,
+                                      prompt_len=prompt_len, temperature=temperature)
+  # 3. The reward model scores prompt + response at its last token; normalise it so
+  #    demonstrations score 0 on average; a response without EOS gets a fixed penalty.
+  raw_scores = last_token_value(
+      reward_model.apply({"params": params["reward"]}, tokens, token_mask=token_mask),
+      token_mask)  # [B]
+  scores = jnp.where(sample.finished, raw_scores - reward_bias, no_eos_penalty)
+  # 4. Values of each state from the value model (a separate trunk, initialised from RM).
+  values = response_values(value_model.apply, params["value"], tokens, token_mask,
+                           prompt_len=prompt_len)  # [B, N]
+  # 5. Per-token rewards: -beta * (logp - ref_logp) everywhere, plus the score at the end.
+  rewards, _ = rl.kl_penalized_rewards(
+      scores=scores, logprobs=logprobs, ref_logprobs=ref_logprobs,
+      response_mask=response_mask, kl_coef=kl_coef)  # [B, N]
+  if whiten_rewards:
+    rewards = rl.whiten(rewards, response_mask, shift_mean=False)
+  # 6. GAE over response tokens, then whitened advantages.
+  advantages, returns = rl.gae(rewards=rewards, values=values, response_mask=response_mask,
+                               gamma=gamma, lam=lam)
+  advantages = rl.whiten(advantages, response_mask)
+  return Rollout(tokens=tokens, token_mask=token_mask, response_mask=response_mask,
+                 logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
+                 advantages=advantages, returns=returns, scores=scores,
+                 raw_scores=raw_scores, finished=sample.finished,
+                 example_index=example_index)
+
+
+def rollout_stats(rollout: Rollout) -> dict:
+  """Per-iteration diagnostics of a rollout (host floats)."""
+  mask = rollout.response_mask
+  kl_per_seq = jnp.sum(jnp.where(mask > 0, rollout.logprobs - rollout.ref_logprobs, 0), -1)
+  return {
+      "rm_score": jnp.mean(rollout.raw_scores),
+      "rm_score_normalised": jnp.mean(rollout.scores),
+      "kl_to_ref": jnp.mean(kl_per_seq),
+      "response_length": jnp.mean(jnp.sum(mask, -1)),
+      "eos_fraction": jnp.mean(rollout.finished.astype(jnp.float32)),
+      "explained_variance": rl.explained_variance(values=rollout.values,
+                                                  returns=rollout.returns, mask=mask),
+  }

@@ -84,7 +84,7 @@ def get_config(variant: str = ""):
       adaptive_kl=False,  # Ziegler et al. controller instead of a fixed beta
       target_kl=6.0,
       kl_horizon=10000,
-      ptx_coef=0.0,  # gamma; 0 = PPO, > 0 = PPO-ptx (paper: 27.8)
+      ptx_coef=1.0,  # gamma of --stage=ppo_ptx (--stage=ppo uses 0) (paper: 27.8)
       ptx_batch_size=32,  # pretraining sequences per update (paper: 8x the RL batch)
       clip_eps=0.2,  # policy ratio clip (paper: 0.2)
       value_clip=0.2,

@@ -14,6 +14,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", DEFAULT_CONFIG, "experiment config: path/to/file.py[:variant]",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "the run's directory")
+_STAGE = flags.DEFINE_string(
+    "stage", "", "which stage a program runs: instructjax.sft takes pretrain, pretrain_big "
+    "or sft (default); instructjax.ppo takes ppo (default) or ppo_ptx")
+
+
+def stage(default: str) -> str:
+  return _STAGE.value or default
 
 
 def config_and_workdir():

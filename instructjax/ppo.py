@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags
+from absl import app
 
 from instructjax import cli, evaluation, rl, sampling, sharding, stage_export
 from instructjax.checkpoints import Checkpointer
@@ -209,13 +209,10 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") 
   return stage_dir
 
 
-_STAGE = flags.DEFINE_enum("stage", "ppo", list(STAGES), "plain PPO, or PPO-ptx")
-
-
 def main(argv):
   del argv
   config, run_dir = cli.config_and_workdir()
-  run(config, run_dir, stage=_STAGE.value)
+  run(config, run_dir, stage=cli.stage("ppo"))
 
 
 if __name__ == "__main__":

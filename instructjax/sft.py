@@ -17,7 +17,7 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import app
 
 from instructjax import cli, evaluation, sharding, stage_export
 from instructjax.config import model_config
@@ -127,13 +127,10 @@ def _evaluator(config, data, model, mesh, *, stage: str):
   return evaluate
 
 
-_STAGE = flags.DEFINE_enum("stage", "sft", sorted(STAGES), "which supervised stage to run")
-
-
 def main(argv):
   del argv
   config, run_dir = cli.config_and_workdir()
-  run(config, run_dir, stage=_STAGE.value)
+  run(config, run_dir, stage=cli.stage("sft"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""The paper's claims, each with the criterion this miniature run is judged by.
+
+The criteria are fixed here, before any number is seen, and printed in the report
+ahead of the measurements. A claim that is not met is reported as not reproduced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def _rate(models, name, group="train_labelers"):
+  return models[name]["win_rate_vs_sft"][group]
+
+
+def training_flops(config: ml_collections.ConfigDict, params: dict[str, int]) -> dict:
+  """FLOPs each stage computed: 6 x params x tokens for a training pass, 2 x params x
+  tokens for a forward pass, on sequences padded to data.max_len (so an upper bound)."""
+  t = config.data.max_len
+  small, big = params["model"], params["big_model"]
+  k_mean = (config.data.testbed.min_responses + config.data.testbed.max_responses) / 2
+  ppo = config.ppo
+  seq = config.data.max_prompt_len + ppo.max_new_tokens
+  per_iteration = (
+      ppo.rollout_batch_size * seq * small * 2 * 5  # sample, logp, ref, reward, value
+      + ppo.epochs * ppo.rollout_batch_size * seq * small * 6 * 2)  # policy + value update
+  ptx_per_iteration = (ppo.epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
+                       * ppo.ptx_batch_size * t * small * 6)
+  return {
+      "pretrain": 6 * small * config.pretrain.steps * config.pretrain.batch_size * t,
+      "pretrain_big": 6 * big * config.pretrain_big.steps * config.pretrain_big.batch_size * t,
+      "sft": 6 * small * config.sft.steps * config.sft.batch_size * t,
+      "rm": 6 * small * config.rm.steps * config.rm.batch_size * k_mean * t,
+      "ppo": ppo.iterations * per_iteration,
+      "ppo_ptx": ppo.iterations * (per_iteration + ptx_per_iteration),
+  }
+
+
+def evaluate_claims(results: dict[str, Any]) -> list[dict]:
+  models = results["models"]
+  h2h = results["head_to_head"]
+  flops = results["flops"]
+  claims = []
+
+  beats = h2h["ppo_ptx_vs_vanilla_big_train_labelers"]
+  beats_prompted = h2h["ppo_ptx_vs_vanilla_big_fewshot_train_labelers"]
+  claims.append({
+      "id": "aligned_small_beats_large_vanilla",
+      "paper": "Outputs of the 1.3B InstructGPT (PPO-ptx) are preferred to those of the "
+               "100x larger 175B GPT-3.",
+      "criterion": "Training labelers prefer the small PPO-ptx model's answers to the large "
+                   "vanilla LM's (zero-shot and few-shot prompted) in more than half of the "
+                   "comparisons, with the lower end of the 95% interval above 0.5.",
+      "measured": {"win_rate_vs_large_vanilla": beats["rate"],
+                   "ci_low": beats["ci_low"],
+                   "win_rate_vs_large_vanilla_prompted": beats_prompted["rate"],
+                   "ci_low_prompted": beats_prompted["ci_low"],
+                   "params_ratio": models["vanilla_big"]["params"] / models["ppo_ptx"]["params"]},
+      "reproduced": beats["ci_low"] > 0.5 and beats_prompted["ci_low"] > 0.5,
+  })
+
+  alignment = flops["sft"] + flops["rm"] + flops["ppo_ptx"]
+  ratio = alignment / flops["pretrain"]
+  claims.append({
+      "id": "alignment_cost_modest",
+      "paper": "SFT + PPO-ptx cost about 60 petaflop/s-days against 3,640 for pretraining "
+               "GPT-3 (under 2%).",
+      "criterion": "SFT + RM + PPO-ptx compute is under 25% of the small model's "
+                   "pretraining compute (the testbed's pretraining is itself tiny, so the "
+                   "paper's 2% is not expected).",
+      "measured": {"alignment_flops": alignment, "pretrain_flops": flops["pretrain"],
+                   "ratio": ratio},
+      "reproduced": ratio < 0.25,
+  })
+
+  train = _rate(models, "ppo_ptx", "train_labelers")
+  held = _rate(models, "ppo_ptx", "heldout_labelers")
+  claims.append({
+      "id": "held_out_labelers_generalize",
+      "paper": "Held-out labelers, who wrote no training data, prefer InstructGPT about as "
+               "often as the training labelers do.",
+      "criterion": "PPO-ptx's win rate against SFT as judged by held-out labelers is above "
+                   "0.5 and within 0.1 of the training labelers' win rate.",
+      "measured": {"win_rate_train_labelers": train["rate"],
+                   "win_rate_heldout_labelers": held["rate"],
+                   "difference": held["rate"] - train["rate"]},
+      "reproduced": held["rate"] > 0.5 and abs(held["rate"] - train["rate"]) <= 0.1,
+  })
+
+  tax_ppo = models["ppo"]["pretrain_loss"] - models["sft"]["pretrain_loss"]
+  tax_ptx = models["ppo_ptx"]["pretrain_loss"] - models["sft"]["pretrain_loss"]
+  ppo_rate = _rate(models, "ppo")["rate"]
+  ptx_rate = _rate(models, "ppo_ptx")["rate"]
+  claims.append({
+      "id": "ptx_reduces_alignment_tax",
+      "paper": "PPO-ptx reduces the regressions on the pretraining distribution that PPO "
+               "causes, without hurting labeler preference.",
+      "criterion": "PPO-ptx's held-out pretraining loss is lower than PPO's, and its win "
+                   "rate against SFT is no more than 0.05 below PPO's.",
+      "measured": {"pretrain_loss_sft": models["sft"]["pretrain_loss"],
+                   "pretrain_loss_ppo": models["ppo"]["pretrain_loss"],
+                   "pretrain_loss_ppo_ptx": models["ppo_ptx"]["pretrain_loss"],
+                   "tax_ppo": tax_ppo, "tax_ppo_ptx": tax_ptx,
+                   "win_rate_ppo": ppo_rate, "win_rate_ppo_ptx": ptx_rate},
+      "reproduced": (models["ppo_ptx"]["pretrain_loss"] < models["ppo"]["pretrain_loss"]
+                     and ptx_rate >= ppo_rate - 0.05),
+  })
+
+  order = {name: _rate(models, name)["rate"]
+           for name in ("ppo_ptx", "ppo", "vanilla_big_fewshot", "vanilla_big")}
+  claims.append({
+      "id": "win_rate_ordering",
+      "paper": "Win rate against the SFT baseline: PPO-ptx ~ PPO > SFT > GPT-3 (prompted) "
+               "> GPT-3.",
+      "criterion": "With training labelers: PPO and PPO-ptx above 0.5 (SFT against itself) "
+                   "and within 0.1 of each other; the large vanilla LM prompted below 0.5 "
+                   "and above the large vanilla LM zero-shot.",
+      "measured": order,
+      "reproduced": (order["ppo"] > 0.5 and order["ppo_ptx"] > 0.5
+                     and abs(order["ppo"] - order["ppo_ptx"]) <= 0.1
+                     and 0.5 > order["vanilla_big_fewshot"] > order["vanilla_big"]),
+  })
+  return claims

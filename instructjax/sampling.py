@@ -206,6 +206,10 @@ def generate(model: CausalLM, params, prompt_tokens, prompt_mask, rng, *,
     prompt_mask: [B, P], 1 = real token; every row needs at least one.
     rng: a PRNG key; step t samples with `fold_in(rng, t)`.
     config: the sampling settings.
+
+  Returns:
+    A SampleOutput. Call this from Python, not under an outer jit: it checks the mask on
+    the host, then runs the two jitted functions (prefill, then the donated-cache loop).
   """
   _check_inputs(model, prompt_tokens, prompt_mask, config)
   prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)

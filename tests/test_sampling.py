@@ -36,7 +36,7 @@ def _model(arch: str):
                        tie_embeddings=arch == "gpt2", max_len=64)
   model = CausalLM(config)
   # Random weights filled in from the parameter shapes (compiling model.init costs
-  # seconds), larger than the default init: logits are peaked (std ~1.5), so argmax
+  # seconds), larger than the default init: logits are peaked (std ~1.7), so argmax
   # decisions are far from ties that float noise could flip.
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
   rng = np.random.default_rng(0)
@@ -143,8 +143,10 @@ def test_filter_logits_keeps_the_expected_set(kwargs, expected):
   assert _kept(logits, **kwargs) == [expected, reversed_expected]
 
 
-def test_filter_logits_top_k_with_ties_keeps_exactly_k():
+def test_filter_logits_with_ties_keeps_the_smallest_set():
   assert _kept([[2.0, 1.0, 2.0, 2.0]], top_k=2) == [{0, 2}]
+  # Four exact quarters: two tokens reach a mass of exactly 0.5, so a third is not kept.
+  assert _kept([[0.0, 0.0, 0.0, 0.0]], top_p=0.5) == [{0, 1}]
 
 
 def test_sample_token_stays_in_the_filtered_set_and_renormalises():
@@ -239,6 +241,19 @@ def test_top_k_1_sampling_equals_greedy():
                             config=top1)
     np.testing.assert_array_equal(out.tokens, greedy.tokens)
     np.testing.assert_allclose(out.logprobs, 0.0, atol=1e-6)  # a one-token distribution
+
+
+def test_each_step_and_row_draws_fresh_randomness():
+  model, params = _model("gpt2")
+  # Zero weights give uniform logits at every step: with a key reused across steps or
+  # rows, the same token would come out each time.
+  params = jax.tree.map(jnp.zeros_like, params)
+  prompt, prompt_mask = _prompts()
+  out = sampling.generate(model, params, prompt, prompt_mask, jax.random.key(6), config=SAMPLED)
+  tokens = np.asarray(out.response_tokens)
+  assert all(len(set(row)) > 1 for row in tokens.tolist())
+  assert len(set(tokens[:, 0].tolist())) > 1
+  np.testing.assert_allclose(out.logprobs, -math.log(VOCAB), atol=1e-5)
 
 
 # -------------------------------------------------------------------------------- EOS

@@ -72,6 +72,9 @@ def get_config(variant: str = ""):
                                weight_decay=0.01)
   config.sft = _train(steps=300, batch_size=32, lr=1e-3, warmup_steps=20)  # paper: 16 epochs
   config.rm = _train(steps=300, batch_size=16, lr=5e-4, warmup_steps=20)  # paper: 1 epoch
+  # Share of each prompt's K ranked responses that are samples of the SFT policy (the
+  # paper's labelers rank model outputs); the rest are the testbed's synthetic ones.
+  config.rm.policy_sample_fraction = 0.5
 
   config.ppo = ml_collections.ConfigDict(dict(
       iterations=40,  # rollout + update rounds (paper: 256k episodes)

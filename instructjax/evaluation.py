@@ -11,6 +11,7 @@ import numpy as np
 
 from instructjax import losses, sampling, sharding
 from instructjax.data import pipeline, records, testbed, tokenize
+from instructjax.data.batches import PromptBatch
 
 
 @functools.partial(jax.jit, static_argnames="apply_fn")
@@ -33,6 +34,14 @@ def lm_loss(apply_fn, params, rows: Sequence[Any], batcher, *, batch_size: int,
   return total / max(count, 1.0)
 
 
+def fill_padding_rows(batch: PromptBatch) -> PromptBatch:
+  """iterate_once pads its last batch with empty rows; the sampler needs a real token in
+  every row, so those get one pad token (their answers are discarded)."""
+  mask = np.array(batch.prompt_mask)
+  mask[mask.sum(axis=1) == 0, -1] = 1
+  return batch.replace(prompt_mask=mask)
+
+
 def sample_responses(model, params, prompts: Sequence[str], tokenizer, *,
                      sampling_config: sampling.SamplingConfig, batch_size: int,
                      buckets: Sequence[int], mesh, rng: jax.Array) -> list[str]:
@@ -41,7 +50,7 @@ def sample_responses(model, params, prompts: Sequence[str], tokenizer, *,
   rows = [records.PromptRecord(p) for p in prompts]
   out: list[str] = []
   for i, batch in enumerate(pipeline.iterate_once(rows, batcher, batch_size=batch_size)):
-    batch = sharding.shard_batch(batch, mesh)
+    batch = sharding.shard_batch(fill_padding_rows(batch), mesh)
     result = sampling.generate(model, params, batch.prompt_tokens, batch.prompt_mask,
                                jax.random.fold_in(rng, i), config=sampling_config)
     out.extend(decode_responses(tokenizer, result.response_tokens, result.response_mask,

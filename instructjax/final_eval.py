@@ -85,13 +85,13 @@ def kl_to_reference(policy, params, reference, ref_params, prompts: Sequence[str
   rows = [records.PromptRecord(p) for p in prompts]
   kls = []
   for i, batch in enumerate(pipeline.iterate_once(rows, batcher, batch_size=32)):
-    batch = sharding.shard_batch(batch, mesh)
+    real = np.asarray(batch.example_index) >= 0
+    batch = sharding.shard_batch(evaluation.fill_padding_rows(batch), mesh)
     out = sampling.generate(policy, params, batch.prompt_tokens, batch.prompt_mask,
                             jax.random.fold_in(rng, i), config=config)
     token_mask = jnp.concatenate([batch.prompt_mask, out.response_mask], axis=1)
     kl = _kl_sums(params, ref_params, out.tokens, token_mask, out.response_mask,
                   policy=policy, reference=reference, prompt_len=prompt_len)
-    real = np.asarray(batch.example_index) >= 0
     kls.extend(np.asarray(kl)[real])
   return float(np.mean(kls))
 

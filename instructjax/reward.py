@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import app
 
-from instructjax import cli, sharding, stage_export
+from instructjax import cli, comparisons, sharding, stage_export
 from instructjax.config import model_config
 from instructjax.data import pipeline, sources
 from instructjax.data.batches import TokenBatch
@@ -32,11 +32,11 @@ from instructjax.train_loop import StageSpec, run_stage
 STAGE = "rm"
 
 
-def load_sft_trunk(sft_dir: str, cfg, mesh):
-  """The SFT policy's trunk, laid out on the mesh: where the RM starts."""
-  abstract = sharding.abstract_params(CausalLM(cfg), mesh)
-  params, _ = stage_export.load_export(sft_dir, abstract, expected_stages=("sft",))
-  return params["transformer"]
+def load_sft_params(sft_dir: str, cfg, mesh):
+  """The SFT policy's parameters, laid out on the mesh."""
+  params, _ = stage_export.load_export(sft_dir, sharding.abstract_params(CausalLM(cfg), mesh),
+                                       expected_stages=("sft",))
+  return params
 
 
 @functools.partial(jax.jit, static_argnames="apply_fn")
@@ -93,6 +93,14 @@ def run(config: ml_collections.ConfigDict, run_dir: str) -> str:
   model = ScalarModel(cfg)
   buckets = tuple(config.data.buckets)
   rows = data.read("rm_train", skip_bad_rows=config.data.skip_bad_rows)
+  if data.testbed is not None and train.policy_sample_fraction > 0:
+    rows = comparisons.cached(os.path.join(stage_dir, "comparisons.jsonl"), lambda: (
+        comparisons.with_policy_samples(
+            data.testbed.rm_train, data.testbed.labelers, CausalLM(cfg),
+            load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh), data.tokenizer,
+            fraction=train.policy_sample_fraction, temperature=1.0,
+            max_new_tokens=config.ppo.max_new_tokens,
+            prompt_len=config.data.max_prompt_len, mesh=mesh, seed=config.seed)))
   eval_rows = data.read("rm_eval", skip_bad_rows=config.data.skip_bad_rows)
   k_max = max(len(r.responses) for r in rows + eval_rows)
   batcher = pipeline.RankingBatcher(data.tokenizer, buckets=buckets,
@@ -106,7 +114,8 @@ def run(config: ml_collections.ConfigDict, run_dir: str) -> str:
   def load_params(abstract):
     head = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding),
                         abstract["scalar_head"])
-    return {"transformer": load_sft_trunk(os.path.join(run_dir, "sft"), cfg, mesh),
+    sft_params = load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh)
+    return {"transformer": sft_params["transformer"],
             "scalar_head": head}
 
   def evaluate(state):

@@ -14,6 +14,8 @@ own value is given in a comment where the field has one.
 
 import ml_collections
 
+VARIANTS = ("", "quick", "test")  # every variant the dry-run test checks
+
 
 def _train(*, steps, batch_size, lr, warmup_steps, weight_decay=0.0, accum_steps=1,
            eval_every=0, checkpoint_every=0, grad_clip_norm=1.0):
@@ -35,6 +37,9 @@ def _train(*, steps, batch_size, lr, warmup_steps, weight_decay=0.0, accum_steps
 def get_config(variant: str = ""):
   config = ml_collections.ConfigDict()
   config.seed = 0  # every rng in the run derives from it
+  # Hugging Face checkpoints to start from; empty on the testbed, whose vanilla LMs are
+  # pretrained here (stage 0).
+  config.hf_name = ml_collections.ConfigDict(dict(model="", big_model=""))
 
   # The small vanilla LM: the one SFT, the RM and PPO start from.
   config.model = ml_collections.ConfigDict(dict(

@@ -58,7 +58,7 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
                    "win_rate_vs_large_vanilla_prompted": beats_prompted["rate"],
                    "ci_low_prompted": beats_prompted["ci_low"],
                    "params_ratio": models["vanilla_big"]["params"] / models["ppo_ptx"]["params"]},
-      "reproduced": beats["ci_low"] > 0.5 and beats_prompted["ci_low"] > 0.5,
+      "reproduced": bool(beats["ci_low"] > 0.5 and beats_prompted["ci_low"] > 0.5),
   })
 
   alignment = flops["sft"] + flops["rm"] + flops["ppo_ptx"]
@@ -72,7 +72,7 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
                    "paper's 2% is not expected).",
       "measured": {"alignment_flops": alignment, "pretrain_flops": flops["pretrain"],
                    "ratio": ratio},
-      "reproduced": ratio < 0.25,
+      "reproduced": bool(ratio < 0.25),
   })
 
   train = _rate(models, "ppo_ptx", "train_labelers")
@@ -86,7 +86,7 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
       "measured": {"win_rate_train_labelers": train["rate"],
                    "win_rate_heldout_labelers": held["rate"],
                    "difference": held["rate"] - train["rate"]},
-      "reproduced": held["rate"] > 0.5 and abs(held["rate"] - train["rate"]) <= 0.1,
+      "reproduced": bool(held["rate"] > 0.5 and abs(held["rate"] - train["rate"]) <= 0.1),
   })
 
   tax_ppo = models["ppo"]["pretrain_loss"] - models["sft"]["pretrain_loss"]
@@ -104,8 +104,8 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
                    "pretrain_loss_ppo_ptx": models["ppo_ptx"]["pretrain_loss"],
                    "tax_ppo": tax_ppo, "tax_ppo_ptx": tax_ptx,
                    "win_rate_ppo": ppo_rate, "win_rate_ppo_ptx": ptx_rate},
-      "reproduced": (models["ppo_ptx"]["pretrain_loss"] < models["ppo"]["pretrain_loss"]
-                     and ptx_rate >= ppo_rate - 0.05),
+      "reproduced": bool((models["ppo_ptx"]["pretrain_loss"] < models["ppo"]["pretrain_loss"]
+                     and ptx_rate >= ppo_rate - 0.05)),
   })
 
   order = {name: _rate(models, name)["rate"]
@@ -118,8 +118,8 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
                    "and within 0.1 of each other; the large vanilla LM prompted below 0.5 "
                    "and above the large vanilla LM zero-shot.",
       "measured": order,
-      "reproduced": (order["ppo"] > 0.5 and order["ppo_ptx"] > 0.5
+      "reproduced": bool((order["ppo"] > 0.5 and order["ppo_ptx"] > 0.5
                      and abs(order["ppo"] - order["ppo_ptx"]) <= 0.1
-                     and 0.5 > order["vanilla_big_fewshot"] > order["vanilla_big"]),
+                     and 0.5 > order["vanilla_big_fewshot"] > order["vanilla_big"])),
   })
   return claims

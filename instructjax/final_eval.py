@@ -61,7 +61,8 @@ def win_rate(examples, responses: Sequence[str], baseline: Sequence[str], labele
       for e, a, b in zip(examples, responses, baseline)])  # [N]
   rate = float(per_prompt.mean())
   half = 1.96 * float(per_prompt.std(ddof=1)) / np.sqrt(len(per_prompt))
-  return {"rate": rate, "ci_low": rate - half, "ci_high": rate + half, "n": len(per_prompt)}
+  return {"rate": rate, "ci_low": float(rate - half), "ci_high": float(rate + half),
+          "n": len(per_prompt)}
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "reference", "prompt_len"))

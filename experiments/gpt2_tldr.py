@@ -1,0 +1,183 @@
+"""GPT-2 small (124M) through SFT, RM and PPO(-ptx) on OpenAI's TL;DR summarization data.
+
+The summarize-from-feedback setting (Stiennon et al. 2020) that InstructGPT builds on:
+Reddit posts, human-written TL;DRs as demonstrations, and pairwise comparisons of
+summaries. Variants: "" FSDP over all local devices; "gpu" one 80 GB GPU; "tpu" a
+16-chip slice (v4-32 or v5e-16: data 2 x fsdp 8). GPT-2's vocabulary (50257 = 29 x 1733)
+cannot be split over a tensor axis, so every mesh here is data x fsdp only.
+
+Check the config first (seconds; no weights, no data; see instructjax/dry_run.py):
+  python -m instructjax.dry_run --config=experiments/gpt2_tldr.py:gpu
+
+0. Data. Copy from https://openaipublic.blob.core.windows.net/summarize-from-feedback/
+   (e.g. with `azcopy copy`) datasets/tldr_3_filtered/{train,valid,test}.jsonl into tldr/
+   and dataset/comparisons/batch*.json into tldr/comparisons/ (the same layout is the
+   `manual_dir` of the TFDS builders instructjax.data.tfds_builders.TldrSft and
+   TldrComparisons), and put a pretraining sample for PPO-ptx and the held-out LM loss
+   (e.g. OpenWebText) as {"text": ...} lines in data/tldr/pretrain.jsonl and
+   data/tldr/pretrain_heldout.jsonl. Then write the split files that config.data.dir
+   names: demonstrations and RL prompts from the TL;DR train posts (as Stiennon et al.),
+   comparisons' "train" split for the RM and "valid1" for its evaluation:
+python - <<'EOF'
+import glob, os
+from instructjax.data import records, tldr
+sft = tldr.read_tldr_sft("tldr/train.jsonl", skip_bad_rows=True).records
+test = tldr.read_tldr_sft("tldr/test.jsonl", skip_bad_rows=True).records
+batches = sorted(glob.glob("tldr/comparisons/batch*.json"))
+def compared(split):
+  return tldr.read_tldr_comparisons(batches, split=split, skip_bad_rows=True).records
+os.makedirs("data/tldr", exist_ok=True)
+for name, rows in [("sft", sft), ("rm_train", compared("train")),
+                   ("rm_eval", compared("valid1")), ("ppo_prompts", records.prompts_of(sft)),
+                   ("eval_prompts", records.prompts_of(test))]:
+  records.write_jsonl(f"data/tldr/{name}.jsonl", rows)
+EOF
+1. The vanilla LM: import the Hugging Face checkpoint (config.hf_name.model) as the
+   finished stage 0, which SFT starts from:
+python - <<'EOF'
+from instructjax import stage_export
+from instructjax.models import from_hf
+_, params = from_hf("gpt2")
+stage_export.save_export("runs/gpt2_tldr/pretrain", params, stage="pretrain", card={})
+EOF
+2-4. SFT, the reward model, then PPO and PPO-ptx (each resumes if interrupted):
+     python -m instructjax.sft --config=experiments/gpt2_tldr.py:gpu \
+         --workdir=runs/gpt2_tldr --stage=sft
+     python -m instructjax.reward --config=experiments/gpt2_tldr.py:gpu \
+         --workdir=runs/gpt2_tldr
+     python -m instructjax.ppo --config=experiments/gpt2_tldr.py:gpu \
+         --workdir=runs/gpt2_tldr --stage=ppo
+     python -m instructjax.ppo --config=experiments/gpt2_tldr.py:gpu \
+         --workdir=runs/gpt2_tldr --stage=ppo_ptx
+Hyperparameters are InstructGPT's where it gives one (../shared/docs/instructgpt.md),
+noted in the comments; lengths follow Stiennon et al.
+"""
+
+import ml_collections
+
+VARIANTS = ("", "gpu", "tpu")
+
+
+def _model(*, d_model, n_layers, n_heads, remat):
+  return ml_collections.ConfigDict(dict(
+      arch="gpt2", vocab_size=50257, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+      n_kv_heads=0, head_dim=0,
+      d_ff=0,  # 4 * d_model
+      max_len=1024,  # learned positions
+      norm_eps=1e-5, rope_theta=10000.0,  # (unused by GPT-2)
+      tie_embeddings=True,
+      dropout_rate=0.2,  # paper: residual dropout 0.2 in SFT (applies in SFT and RM training)
+      dtype="bfloat16",  # compute
+      param_dtype="float32",  # weights and optimizer state
+      remat=remat))  # recompute each block in the backward pass to save memory
+
+
+def _train(*, steps, batch_size, lr, warmup_steps=0, weight_decay=0.0, accum_steps=1,
+           grad_clip_norm=1.0):
+  return ml_collections.ConfigDict(dict(
+      steps=steps,  # optimizer steps in this stage
+      batch_size=batch_size,  # global batch (sequences, or prompts for the RM)
+      accum_steps=accum_steps,  # microbatches per step (gradient accumulation)
+      lr=lr,  # peak learning rate; linear warmup then cosine decay to 10% (as the paper)
+      warmup_steps=warmup_steps,  # paper: no warmup
+      weight_decay=weight_decay,  # AdamW decay on matrices only
+      grad_clip_norm=grad_clip_norm,  # global-norm clipping; 0 turns it off
+      eval_every=max(1, steps // 10),  # steps between evaluations
+      checkpoint_every=max(1, steps // 20),  # steps between checkpoints
+      keep_checkpoints=2,  # Orbax keeps this many, newest first
+      max_consecutive_skips=5,  # NaN/Inf updates in a row before the run stops
+  ))
+
+
+def get_config(variant: str = ""):
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # every rng in the run derives from it
+
+  # The HF checkpoints the vanilla LMs start from (step 1 of the docstring).
+  config.hf_name = ml_collections.ConfigDict(dict(
+      model="gpt2",
+      big_model="gpt2-xl",  # the larger vanilla LM the aligned one is compared with
+  ))
+  # The policy, and the trunk of the reward and value models.
+  config.model = _model(d_model=768, n_layers=12, n_heads=12, remat=variant == "tpu")
+  # Evaluated as imported, never trained: "aligned small beats large vanilla".
+  config.big_model = _model(d_model=1600, n_layers=48, n_heads=25, remat=True)
+
+  # Device mesh (data x fsdp x tensor); -1 takes the devices that are left.
+  config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+
+  config.data = ml_collections.ConfigDict(dict(
+      source="jsonl",  # split files in `dir` (docstring step 0)
+      dir="data/tldr",  # {sft, rm_train, rm_eval, ppo_prompts, eval_prompts, pretrain,
+                        # pretrain_heldout}.jsonl
+      tokenizer="gpt2",  # HF tokenizer (hub id or directory)
+      tokenizer_vocab_size=50257,  # (testbed only) the tokenizer's size
+      max_responses=2,  # K responses per ranked prompt: pairwise comparisons
+      max_prompt_len=512,  # tokens; longer prompts lose their start (subreddit, title)
+      max_len=576,  # prompt + summary; summaries are cut from the right
+      buckets=(256, 384, 512, 576),  # padded lengths: a bounded number of compilations
+      skip_bad_rows=True,  # skip and count malformed rows rather than stop
+  ))
+
+  # Stage 0 is the imported checkpoint (docstring step 1): these two sections only
+  # matter for continued pretraining with --stage=pretrain / pretrain_big.
+  config.pretrain = _train(steps=1000, batch_size=64, lr=6e-5, warmup_steps=100,
+                           weight_decay=0.1)
+  config.pretrain_big = _train(steps=1000, batch_size=64, lr=3e-5, warmup_steps=100,
+                               weight_decay=0.1)
+  # Two epochs of 117k posts (paper: 16 epochs of 13k demonstrations, 9.65e-6 at 1.3B).
+  config.sft = _train(steps=3600, batch_size=64, lr=3e-5)
+  # One epoch of 93k comparisons (paper: 1 epoch, 64 prompts a batch, 9e-6 at 6B).
+  config.rm = _train(steps=1450, batch_size=64, lr=1e-5)
+
+  config.ppo = ml_collections.ConfigDict(dict(
+      iterations=500,  # rollout + update rounds: 256k episodes (paper: 256k)
+      rollout_batch_size=512,  # prompts per rollout (paper: 512)
+      minibatch_size=64,  # (paper: 64)
+      epochs=1,  # passes over each rollout (paper: 1)
+      lr=1.5e-5,
+      value_lr_scale=1.0,  # value-model learning rate = lr * this
+      kl_coef=0.02,  # beta (paper: 0.02)
+      adaptive_kl=False,  # Ziegler et al. controller instead of a fixed beta (paper: fixed)
+      target_kl=6.0,  # nats per response, for the adaptive controller
+      kl_horizon=10000,  # its horizon in episodes
+      ptx_coef=27.8,  # gamma for --stage=ppo_ptx (paper: 27.8); --stage=ppo ignores it
+      ptx_batch_size=512,  # pretraining sequences per update (paper: 8x the minibatch)
+      clip_eps=0.2,  # policy ratio clip (paper: 0.2)
+      value_clip=0.2,  # value prediction clip around the rollout's values
+      vf_coef=0.5,  # weight of the value loss
+      gamma=1.0,  # discount (paper: 1)
+      gae_lambda=0.95,  # (paper: 0.95)
+      temperature=1.0,  # sampling temperature; also divides logits in the update (paper: 1)
+      max_new_tokens=48,  # summary length limit (Stiennon et al.: 48 tokens)
+      whiten_rewards=False,
+      no_eos_penalty=-1.0,  # reward for a summary that never emits EOS
+      ema_decay=0.992,  # EMA of policy weights (paper: 0.992); 0 = off
+      grad_clip_norm=1.0,
+      checkpoint_every=25,  # iterations between checkpoints
+      keep_checkpoints=2,
+      max_consecutive_skips=5,
+  ))
+  config.eval = ml_collections.ConfigDict(dict(
+      prompts=500,  # evaluation prompts per model
+      few_shot=0,  # demonstrations in the vanilla LM's prompt: "TL;DR:" alone asks for a
+                   # summary, and a second post would not fit 1024 positions
+      max_new_tokens=48,
+  ))
+  config.log = ml_collections.ConfigDict(dict(tensorboard=True, wandb_project=""))
+
+  if variant == "gpu":  # one 80 GB GPU
+    config.mesh.update(data=1, fsdp=1, tensor=1)
+    # Microbatches of 32 sequences; an RM prompt is K = 2 sequences. (XLA:CPU plans
+    # 78 GiB of temporaries for a whole SFT batch of 64 x 512 tokens, 40 in two.)
+    config.sft.accum_steps = 2
+    config.rm.accum_steps = 4
+    # Full-vocabulary logits of 512 rollouts x 560 tokens do not fit next to the four
+    # models; a quarter of the paper's rollout, and 4x (not 8x) pretraining rows.
+    config.ppo.update(rollout_batch_size=128, minibatch_size=16, ptx_batch_size=64,
+                      iterations=2000)
+  elif variant == "tpu":  # 16 chips: every batch divides data x fsdp = 16
+    config.mesh.update(data=2, fsdp=8, tensor=1)
+  return config

@@ -1,0 +1,368 @@
+"""Lowers or compiles every step of a config on abstract shapes: no weights, no data.
+
+  python -m instructjax.dry_run --config=experiments/gpt2_hh_rlhf.py:gpu
+  python -m instructjax.dry_run --config=experiments/llama_hh_rlhf.py:tpu --platform=tpu
+  python -m instructjax.dry_run --config=experiments/gpt2_tldr.py --steps=ppo_step
+
+Builds the train states with `jax.eval_shape` (nothing is allocated) and the batches as
+`jax.ShapeDtypeStruct`s laid out as the stage programs lay them out, then lowers (and,
+where it is affordable, compiles) the same jitted functions the programs run: the SFT
+step, the reward-model step, the PPO rollout and the PPO step (PPO-ptx's, with its
+pretraining batch, when config.ppo.ptx_coef > 0). Batches take the largest shapes a run
+can see (the longest bucket, the configured batch sizes), so shape, sharding and config
+errors show up before a run starts rather than an hour into it. Prints one line per
+step: lowering and compile time, the parameters it trains, the bytes per device of the
+state it carries, and the per-device memory XLA plans for it (compiled steps only).
+
+Modes: "lower" traces and lowers to StableHLO only (under a minute even for a 1B model on
+a CPU); "compile" also runs XLA (gives the memory plan; slow for real-size models on a
+CPU); "auto" compiles when the mesh's devices exist and either they are accelerators or
+the policy has at most 50M parameters. A mesh that needs more devices than are present
+(a `tpu` variant on a laptop) is built as a `jax.sharding.AbstractMesh` and only lowered,
+for `--platform` (default: the platform of the devices present).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags, logging
+from flax.core import meta
+from jax.sharding import AbstractMesh, Mesh
+
+from instructjax import cli  # noqa: F401  (defines --config)
+from instructjax import sampling, sharding
+from instructjax.config import ConfigError, model_config, validate
+from instructjax.data.batches import RankingBatch, TokenBatch
+from instructjax.models import CausalLM, ScalarModel
+from instructjax.ppo import make_optimizer as make_ppo_optimizer
+from instructjax.rollout import make_rollout
+from instructjax.sft import make_init_state
+from instructjax.steps.ppo_step import PPOState, ppo_step
+from instructjax.steps.reward_step import reward_step
+from instructjax.steps.sft_step import sft_step
+
+STEPS = ("sft_step", "reward_step", "rollout", "ppo_step")
+MODES = ("auto", "lower", "compile")
+# "auto" on a CPU compiles policies up to this size; XLA:CPU takes minutes beyond it.
+CPU_COMPILE_MAX_PARAMS = 50_000_000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepReport:
+  """What the dry run learned about one jitted step."""
+  name: str
+  compiled: bool  # False: lowered only
+  lower_seconds: float  # tracing + lowering to StableHLO
+  compile_seconds: float | None  # XLA compilation; None when not compiled
+  params: int  # parameters the step trains (the rollout: the four frozen models')
+  state_bytes: int  # bytes per device of the state it takes (params, optimizer, EMA)
+  memory: dict[str, int] | None  # compiled.memory_analysis() per device; None if not compiled
+
+  def line(self) -> str:
+    timing = f"lower {self.lower_seconds:6.1f}s"
+    timing += (f"  compile {self.compile_seconds:6.1f}s" if self.compiled
+               else "  (not compiled)")
+    memory = ""
+    if self.memory is not None:
+      memory = (f"  memory/device: peak~{_size(self.memory['peak'])} "
+                f"(args {_size(self.memory['arguments'])}, temp {_size(self.memory['temp'])})")
+    return (f"{self.name:<12} {timing}  params {self.params / 1e6:9.2f}M  "
+            f"state/device {_size(self.state_bytes)}{memory}")
+
+
+def _size(num_bytes: int) -> str:
+  if num_bytes >= 2**30:
+    return f"{num_bytes / 2**30:.2f}GiB"
+  return f"{num_bytes / 2**20:.1f}MiB"
+
+
+def build_mesh(mesh_config: ml_collections.ConfigDict, devices) -> Mesh | AbstractMesh:
+  """The config's mesh over `devices`; an AbstractMesh when it needs more than exist.
+
+  A mesh with a -1 axis takes all devices, as the stage programs do. A fixed mesh uses
+  the first devices it needs (the programs would insist on exactly that many).
+  """
+  sizes = {axis: mesh_config[axis] for axis in sharding.MESH_AXES}
+  needed = math.prod(sizes.values())
+  if -1 not in sizes.values() and needed > len(devices):
+    return AbstractMesh(tuple(sizes[a] for a in sharding.MESH_AXES), sharding.MESH_AXES)
+  try:
+    return sharding.make_mesh(
+        **sizes, devices=devices if -1 in sizes.values() else devices[:needed])
+  except sharding.ShardingError as error:
+    raise sharding.ShardingError(f"config.mesh: {error}") from error
+
+
+def check_fits(config: ml_collections.ConfigDict, mesh) -> None:
+  """The checks the stage programs make when they start, all at once: every global batch
+  divides data x fsdp, and a rollout fits GPT-2's learned positions."""
+  for field in ("sft.batch_size", "rm.batch_size", "ppo.rollout_batch_size",
+                "ppo.minibatch_size", "ppo.ptx_batch_size"):
+    section, name = field.split(".")
+    sharding.check_batch_divides(config[section][name], mesh, field=f"config.{field}")
+  rollout_len = config.data.max_prompt_len + config.ppo.max_new_tokens
+  if config.model.arch == "gpt2" and rollout_len > config.model.max_len:
+    raise ConfigError(
+        f"config.ppo.max_new_tokens={config.ppo.max_new_tokens}: with data.max_prompt_len="
+        f"{config.data.max_prompt_len} a rollout is {rollout_len} tokens, more than "
+        f"model.max_len={config.model.max_len} learned positions")
+
+
+def _abstract_state(init_fn: Callable[[jax.Array], Any], mesh):
+  """init_fn(rng)'s output as ShapeDtypeStructs with their shardings; nothing computed."""
+  boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  sharding.check_partitioning(boxed.params, mesh)
+  shardings = sharding.logical_shardings(boxed, mesh)
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       meta.unbox(boxed), shardings)
+  return state, shardings
+
+
+def _batch(shape: tuple[int, ...], dtype, mesh) -> jax.ShapeDtypeStruct:
+  """A batch-major array laid out as `sharding.shard_batch` lays it out."""
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+
+
+def _token_batch(batch_size: int, length: int, mesh) -> TokenBatch:
+  field = _batch((batch_size, length), jnp.int32, mesh)
+  return TokenBatch(tokens=field, token_mask=field, loss_mask=field)
+
+
+def _count(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def _bytes_per_device(tree) -> int:
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+  """A jitted function, the abstract arguments it is called with, and its state."""
+  fn: Any  # jax.jit(...) output
+  args: tuple
+  kwargs: dict
+  params: Any  # the parameters it trains (or, for the rollout, reads)
+  state: Any  # all it carries from step to step: params, optimizer state, EMA
+
+
+def _sft_step(config, mesh) -> _Step:
+  train = config.sft
+  model = CausalLM(model_config(config.model, field="config.model"))
+  buckets = tuple(config.data.buckets)
+  state, shardings = _abstract_state(make_init_state(model, train, buckets[0]), mesh)
+  fn = jax.jit(functools.partial(sft_step, accum_steps=train.accum_steps),
+               out_shardings=(shardings, None), donate_argnums=0)
+  return _Step(fn, (state, _token_batch(train.batch_size, buckets[-1], mesh)), {},
+               state.params, state)
+
+
+def _ranking_size(config) -> int:
+  """K, the responses per ranked prompt: the testbed's maximum, or the dataset's."""
+  if config.data.source == "testbed":
+    return config.data.testbed.max_responses
+  if "max_responses" not in config.data:
+    raise ConfigError("config.data.max_responses: a dry run of a config that reads "
+                      f"data.source={config.data.source!r} needs K, the responses per "
+                      "ranked prompt (2 for pairwise comparisons)")
+  return config.data.max_responses
+
+
+def _reward_step(config, mesh) -> _Step:
+  train = config.rm
+  model = ScalarModel(model_config(config.model, field="config.model"))
+  buckets = tuple(config.data.buckets)
+  state, shardings = _abstract_state(make_init_state(model, train, buckets[0]), mesh)
+  b, k, t = train.batch_size, _ranking_size(config), buckets[-1]
+  batch = RankingBatch(tokens=_batch((b, k, t), jnp.int32, mesh),
+                       token_mask=_batch((b, k, t), jnp.int32, mesh),
+                       response_mask=_batch((b, k), jnp.int32, mesh),
+                       labeler=_batch((b,), jnp.int32, mesh))
+  fn = jax.jit(functools.partial(reward_step, accum_steps=train.accum_steps),
+               out_shardings=(shardings, None), donate_argnums=0)
+  return _Step(fn, (state, batch), {}, state.params, state)
+
+
+def _ppo_state(config, mesh, policy, scalar):
+  """The PPO train state as `instructjax.ppo.run` builds it, abstract."""
+  ppo = config.ppo
+  total_steps = ppo.iterations * ppo.epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
+  tx = make_ppo_optimizer(ppo, total_steps)
+  example = jnp.zeros((1, 8), jnp.int32)
+
+  def init_state(rng):
+    params = {"policy": policy.init(rng, example)["params"],
+              "value": scalar.init(rng, example)["params"]}
+    return PPOState.create(
+        apply_fn=None, params=params, tx=tx, rng=rng, skipped_updates=jnp.zeros((), jnp.int32),
+        ema_policy=params["policy"] if ppo.ema_decay > 0 else {},
+        kl_coef=jnp.asarray(ppo.kl_coef, jnp.float32))
+  return _abstract_state(init_state, mesh)
+
+
+def _ppo_steps(config, mesh) -> tuple[_Step, Callable[[Any], _Step]]:
+  """The rollout, and a function from the rollout's output shapes to the PPO step."""
+  ppo = config.ppo
+  cfg = model_config(config.model, field="config.model")
+  policy, scalar = CausalLM(cfg), ScalarModel(cfg)
+  state, shardings = _ppo_state(config, mesh, policy, scalar)
+  # The frozen reference and reward model have the policy's and value model's layout.
+  frozen = {"policy": state.params["policy"], "value": state.params["value"],
+            "ref": state.params["policy"], "reward": state.params["value"]}
+  n, prompt_len = ppo.rollout_batch_size, config.data.max_prompt_len
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
+  args = (frozen, _batch((n, prompt_len), jnp.int32, mesh),
+          _batch((n, prompt_len), jnp.int32, mesh), _batch((n,), jnp.int32, mesh), key,
+          state.kl_coef)
+  # Token ids come from the tokenizer, which a dry run does not load; their values
+  # change nothing that is compiled.
+  sampling_config = sampling.SamplingConfig(
+      max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
+      eos_id=cfg.vocab_size - 1, pad_id=0)
+  kwargs = dict(policy=policy, value_model=scalar, reward_model=scalar,
+                sampling_config=sampling_config, reward_bias=0.0, gamma=ppo.gamma,
+                lam=ppo.gae_lambda, whiten_rewards=ppo.whiten_rewards,
+                no_eos_penalty=ppo.no_eos_penalty)
+  rollout = _Step(make_rollout, args, kwargs, frozen, frozen)
+
+  def update(rollout_shapes) -> _Step:
+    minibatch = jax.tree.map(
+        lambda s: _batch((ppo.minibatch_size, *s.shape[1:]), s.dtype, mesh), rollout_shapes)
+    # PPO-ptx when the config has a ptx coefficient: its step is plain PPO's plus a
+    # pretraining forward/backward.
+    ptx = (_token_batch(ppo.ptx_batch_size, config.data.buckets[-1], mesh)
+           if ppo.ptx_coef > 0 else None)
+    fn = jax.jit(
+        functools.partial(ppo_step, policy=policy, value_model=scalar, prompt_len=prompt_len,
+                          temperature=ppo.temperature, clip_eps=ppo.clip_eps,
+                          value_clip=ppo.value_clip, vf_coef=ppo.vf_coef,
+                          ptx_coef=ppo.ptx_coef, ema_decay=ppo.ema_decay),
+        out_shardings=(shardings, None), donate_argnums=0)
+    return _Step(fn, (state, minibatch, ptx), {}, state.params, state)
+  return rollout, update
+
+
+def _memory(compiled) -> dict[str, int] | None:
+  stats = compiled.memory_analysis()
+  if stats is None:  # some backends do not report it
+    return None
+  memory = {"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
+            "aliased": stats.alias_size_in_bytes, "temp": stats.temp_size_in_bytes,
+            "code": stats.generated_code_size_in_bytes}
+  memory["peak"] = memory["arguments"] + memory["outputs"] + memory["temp"] - memory["aliased"]
+  return memory
+
+
+def _run_step(name: str, step: _Step, *, compile_it: bool, platform: str | None,
+              verbose: bool):
+  """-> (StepReport, the traced function's output shapes)."""
+  t0 = time.perf_counter()
+  traced = step.fn.trace(*step.args, **step.kwargs)
+  lowered = (traced.lower(lowering_platforms=(platform,)) if platform is not None
+             else traced.lower())
+  lower_seconds = time.perf_counter() - t0
+  compile_seconds, memory = None, None
+  if compile_it:
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_seconds = time.perf_counter() - t0
+    memory = _memory(compiled)
+  report = StepReport(name=name, compiled=compile_it, lower_seconds=lower_seconds,
+                      compile_seconds=compile_seconds, params=_count(step.params),
+                      state_bytes=_bytes_per_device(step.state), memory=memory)
+  if verbose:
+    print(report.line(), flush=True)
+  return report, traced.out_info
+
+
+def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "auto",
+            steps: Sequence[str] = STEPS, platform: str | None = None,
+            verbose: bool = True) -> dict[str, StepReport]:
+  """Validates `config`, then lowers (or compiles) each of `steps` on abstract shapes.
+
+  Args:
+    config: an experiment config (`instructjax.config.load_config`).
+    devices: the devices to build the mesh over; default `jax.devices()`.
+    mode: "lower", "compile", or "auto" (see the module docstring).
+    steps: which of STEPS to check.
+    platform: what to lower for when the mesh is abstract (e.g. "tpu"); default the
+      platform of `devices`.
+    verbose: print a header and one line per step as they finish.
+
+  Returns:
+    {step name: StepReport} for `steps`, in the order of STEPS.
+
+  Raises:
+    ConfigError / ShardingError (both ValueErrors) naming the config field or parameter
+    that cannot work: e.g. a batch that data x fsdp does not divide, a model dimension
+    that the tensor axis does not divide, a mesh that does not fit the devices.
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} is not one of {MODES}")
+  unknown = [name for name in steps if name not in STEPS]
+  if unknown:
+    raise ValueError(f"steps {unknown} are not among {STEPS}")
+  validate(config)
+  devices = list(jax.devices() if devices is None else devices)
+  mesh = build_mesh(config.mesh, devices)
+  abstract = isinstance(mesh, AbstractMesh)
+  if abstract and mode == "compile":
+    raise ConfigError(
+        f"config.mesh {dict(mesh.shape)} needs {mesh.size} devices but {len(devices)} are "
+        "present; compiling needs them all (use mode='lower')")
+  device_platform = devices[0].platform
+  policy_params = model_config(config.model, field="config.model").num_params()
+  compile_it = mode == "compile" or (mode == "auto" and not abstract and (
+      device_platform != "cpu" or policy_params <= CPU_COMPILE_MAX_PARAMS))
+  lower_for = (platform or device_platform) if abstract else None
+  if verbose:
+    where = (f"AbstractMesh (needs {mesh.size} devices, {len(devices)} present), lowered "
+             f"for {lower_for}" if abstract else
+             f"{mesh.size} of {len(devices)} {device_platform} devices")
+    print(f"mesh {dict(mesh.shape)}: {where}; "
+          f"{'compiling' if compile_it else 'lowering only'}", flush=True)
+
+  check_fits(config, mesh)
+  run = functools.partial(_run_step, compile_it=compile_it, platform=lower_for,
+                          verbose=verbose)
+  reports = {}
+  if "sft_step" in steps:
+    reports["sft_step"], _ = run("sft_step", _sft_step(config, mesh))
+  if "reward_step" in steps:
+    reports["reward_step"], _ = run("reward_step", _reward_step(config, mesh))
+  if "rollout" in steps or "ppo_step" in steps:
+    rollout, make_update = _ppo_steps(config, mesh)
+    if "rollout" in steps:
+      reports["rollout"], rollout_shapes = run("rollout", rollout)
+    else:  # the PPO step's minibatches are slices of a rollout: its shapes are needed
+      rollout_shapes = rollout.fn.trace(*rollout.args, **rollout.kwargs).out_info
+    if "ppo_step" in steps:
+      reports["ppo_step"], _ = run("ppo_step", make_update(rollout_shapes))
+  return reports
+
+
+_MODE = flags.DEFINE_enum("mode", "auto", list(MODES), "lower only, compile, or choose")
+_STEPS = flags.DEFINE_multi_enum("steps", list(STEPS), list(STEPS), "the steps to check")
+_PLATFORM = flags.DEFINE_string(
+    "platform", None, "platform to lower for when the mesh needs more devices than exist")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  # --config is instructjax.cli's flag; --workdir is not read: a dry run writes nothing.
+  dry_run(flags.FLAGS.config, mode=_MODE.value, steps=_STEPS.value,
+          platform=_PLATFORM.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

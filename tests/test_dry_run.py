@@ -1,0 +1,151 @@
+"""Every experiment config, every variant: each step lowers on abstract shapes.
+
+Models are lowered with one block instead of their full depth: the blocks all have the
+same shapes and shardings, so one checks them all, and tracing the full depth of every
+variant would take minutes on two cores. The full-depth real models are checked against
+the published parameter counts of their Hugging Face checkpoints instead.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from instructjax import dry_run as dry_run_lib
+from instructjax.config import ConfigError, load_config, model_config
+from instructjax.models import CausalLM
+from instructjax.sharding import ShardingError
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "experiments")
+CONFIG_FILES = sorted(glob.glob(os.path.join(EXPERIMENTS, "*.py")))
+
+
+def _variants(path: str) -> tuple[str, ...]:
+  spec = importlib.util.spec_from_file_location("experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if hasattr(module, "VARIANTS"):
+    return module.VARIANTS
+  # The testbed config has no VARIANTS tuple yet; these are the variants it knows.
+  assert os.path.basename(path) == "instructgpt_tiny.py", f"{path} lacks VARIANTS"
+  return ("", "quick", "test")
+
+
+CASES = [(os.path.basename(path), variant) for path in CONFIG_FILES
+         for variant in _variants(path)]
+
+
+def _load(name: str, variant: str = ""):
+  return load_config(os.path.join(EXPERIMENTS, name) + (f":{variant}" if variant else ""))
+
+
+def _devices():
+  # At most 4: the testbed's "test" variant has PPO minibatches of 4 rows.
+  return jax.devices()[:4]
+
+
+def test_every_config_file_is_covered():
+  names = {name for name, _ in CASES}
+  assert {"instructgpt_tiny.py", "gpt2_hh_rlhf.py", "gpt2_tldr.py",
+          "llama_hh_rlhf.py"} <= names
+
+
+@pytest.mark.parametrize("name,variant", CASES, ids=[f"{n}:{v}" for n, v in CASES])
+def test_every_step_lowers(name, variant):
+  config = _load(name, variant)
+  config.model.n_layers = 1  # one block stands for all of them
+  reports = dry_run_lib.dry_run(config, devices=_devices(), mode="lower", verbose=False)
+  assert list(reports) == ["sft_step", "reward_step", "rollout", "ppo_step"]
+  assert not any(r.compiled for r in reports.values())
+  sft, rm, rollout, ppo = reports.values()
+  # The PPO state trains a policy (the SFT model) and a value model (the RM); the
+  # rollout reads both and their frozen copies (reference, reward).
+  assert ppo.params == sft.params + rm.params
+  assert rollout.params == 2 * ppo.params
+  if "gpu" in variant:  # one device holds it all: float32 params and Adam's two moments
+    for report in (sft, rm):
+      assert 12 * report.params <= report.state_bytes < 12 * report.params + 1024
+
+
+# Published parameter counts of the Hugging Face checkpoints the configs import.
+@pytest.mark.parametrize("name,variant,section,hf_name,count", [
+    ("gpt2_hh_rlhf.py", "", "model", "gpt2", 124_439_808),
+    ("gpt2_hh_rlhf.py", "medium", "model", "gpt2-medium", 354_823_168),
+    ("gpt2_tldr.py", "", "big_model", "gpt2-xl", 1_557_611_200),
+    ("llama_hh_rlhf.py", "", "model",
+     "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", 1_100_048_384),
+    ("llama_hh_rlhf.py", "", "big_model", "meta-llama/Llama-2-7b-hf", 6_738_415_616),
+])
+def test_models_match_their_checkpoints(name, variant, section, hf_name, count):
+  config = _load(name, variant)
+  assert config.hf_name[section] == hf_name
+  model = CausalLM(model_config(config[section], field=section))
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+  assert sum(x.size for x in jax.tree.leaves(shapes)) == count
+
+
+def test_small_step_compiles_with_a_memory_estimate():
+  config = _load("instructgpt_tiny.py", "test")
+  # The rollout: the quickest of the four for XLA:CPU to compile.
+  reports = dry_run_lib.dry_run(config, devices=jax.devices()[:1], steps=("rollout",),
+                                verbose=False)
+  assert list(reports) == ["rollout"]
+  report = reports["rollout"]
+  assert report.compiled and report.compile_seconds > 0
+  # The arguments hold at least the four frozen models' parameters.
+  assert report.memory["arguments"] >= report.state_bytes > 0
+  assert report.memory["peak"] >= report.memory["arguments"]
+  assert "compile" in report.line() and "memory/device: peak" in report.line()
+
+
+def test_mesh_larger_than_the_host_is_abstract():
+  config = _load("gpt2_hh_rlhf.py", "tpu")
+  mesh = dry_run_lib.build_mesh(config.mesh, jax.devices())
+  assert isinstance(mesh, jax.sharding.AbstractMesh)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 8, "tensor": 1}
+  with pytest.raises(ConfigError, match=r"config.mesh .* needs 16 devices"):
+    dry_run_lib.dry_run(config, mode="compile", verbose=False)
+
+
+def test_batch_that_the_mesh_does_not_divide_names_the_field():
+  config = _load("gpt2_hh_rlhf.py", "tpu")
+  config.sft.batch_size = 24
+  with pytest.raises(ShardingError, match=r"config.sft.batch_size=24 .* data x fsdp = 16"):
+    dry_run_lib.dry_run(config, mode="lower", verbose=False)
+
+
+def test_mesh_that_does_not_fit_the_devices_names_the_field():
+  config = _load("instructgpt_tiny.py")
+  config.mesh.tensor = 3
+  with pytest.raises(ShardingError, match=r"config.mesh: .*multiply to 3.* 8 devices"):
+    dry_run_lib.dry_run(config, devices=jax.devices()[:8], verbose=False)
+
+
+def test_tensor_axis_that_does_not_divide_the_vocabulary_names_the_parameter():
+  config = _load("gpt2_tldr.py")
+  config.model.n_layers = 1
+  config.mesh.update(fsdp=-1, tensor=2)
+  with pytest.raises(ShardingError, match=r"transformer/wte/embedding .*'vocab'=50257"):
+    dry_run_lib.dry_run(config, devices=jax.devices()[:4], mode="lower", verbose=False)
+
+
+def test_rollout_longer_than_gpt2_positions_names_the_field():
+  config = _load("gpt2_tldr.py")
+  config.ppo.max_new_tokens = 600
+  with pytest.raises(ConfigError, match=r"config.ppo.max_new_tokens=600.*1112 tokens"):
+    dry_run_lib.dry_run(config, devices=_devices(), mode="lower", verbose=False)
+
+
+def test_unknown_mode_step_and_variant():
+  with pytest.raises(ValueError, match="mode='fast'"):
+    dry_run_lib.dry_run(_load("instructgpt_tiny.py"), mode="fast")
+  with pytest.raises(ValueError, match=r"steps \['eval'\]"):
+    dry_run_lib.dry_run(_load("instructgpt_tiny.py"), steps=("eval",))
+  with pytest.raises(ValueError, match="unknown variant 'cpu'"):
+    _load("gpt2_hh_rlhf.py", "cpu")

@@ -1,7 +1,8 @@
 """Orbax checkpoints of a train state plus JSON side data (data position, metadata).
 
 A rerun of the same command resumes from the newest checkpoint that restores; a damaged
-or half-written newest one is reported and the previous good one is used instead.
+or half-written newest one is reported, set aside as `<step>.damaged`, and the previous
+good one is used instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 
 class CheckpointError(RuntimeError):
@@ -52,6 +54,7 @@ class Checkpointer:
     """
     abstract = _abstract(state_template, shardings)
     steps = sorted(self._manager.all_steps(), reverse=True)
+    damaged = []
     for i, step in enumerate(steps):
       try:
         restored = self._manager.restore(
@@ -63,17 +66,36 @@ class Checkpointer:
                         type(error).__name__, str(error)[:200], older)
         print(f"warning: checkpoint step {step} in {self.directory} cannot be restored "
               f"({type(error).__name__}); {older}", flush=True)
+        damaged.append(step)
         continue
       extra = dict(restored["extra"])
       if extra.get("stage") != self.stage:
         raise CheckpointError(
             f"checkpoint {self.directory}/{step} is a {extra.get('stage')!r} checkpoint, "
             f"expected {self.stage!r}")
+      self._set_aside(damaged)
       return restored["state"], extra, step
     if steps:
       raise CheckpointError(f"no checkpoint in {self.directory} could be restored "
                             f"(tried steps {steps})")
     return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames damaged steps to `<step>.damaged`: Orbax skips saving a step that exists,
+    so left in place they would never be rewritten. Nothing is deleted."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      for step in steps:
+        source = self.directory / str(step)
+        target = self.directory / f"{step}.damaged"
+        if target.exists():
+          target.rmtree()  # set aside by an earlier rerun
+        source.rename(target)
+        print(f"warning: moved damaged checkpoint {source} to {target}", flush=True)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("instructjax_checkpoints_set_aside")
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

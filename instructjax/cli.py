@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import os
-
 from absl import flags, logging
 from ml_collections import config_flags
 
-from instructjax.config import DEFAULT_CONFIG, validate
+from instructjax.config import DEFAULT_CONFIG, check_workdir, validate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", DEFAULT_CONFIG, "experiment config: path/to/file.py[:variant]",
@@ -28,4 +26,4 @@ def config_and_workdir():
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   config = _CONFIG.value
   validate(config)
-  return config, os.path.abspath(_WORKDIR.value)
+  return config, check_workdir(_WORKDIR.value)

@@ -38,6 +38,27 @@ def load_config(spec: str = DEFAULT_CONFIG) -> ml_collections.ConfigDict:
   return config
 
 
+def check_workdir(workdir: str) -> str:
+  """-> the absolute run directory, or ConfigError if it cannot be created or written.
+
+  Checked before anything runs, so a bad --workdir fails at once, not after a stage's
+  training when the first checkpoint is written. Creates nothing.
+  """
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):  # the nearest ancestor that exists
+    existing = os.path.dirname(existing)
+  problem = None
+  if not os.path.isdir(existing):
+    problem = (f"{existing} is a file" if existing == path else
+               f"{existing} is a file, so no directory can be made under it")
+  elif not os.access(existing, os.W_OK | os.X_OK):
+    problem = f"{existing} is not writable"
+  if problem:
+    raise ConfigError(f"--workdir={workdir}: the run directory cannot be written: {problem}")
+  return path
+
+
 def model_config(section: ml_collections.ConfigDict, *, field: str) -> ModelConfig:
   try:
     return ModelConfig(**section.to_dict())

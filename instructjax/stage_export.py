@@ -2,8 +2,9 @@
 
 `WORKDIR/export/params` (Orbax) and `WORKDIR/export/export.json`, written last, so a
 stage whose card exists is finished and the next stage (or a rerun of the pipeline) can
-reuse it. The card names the stage, so an RM checkpoint given where a policy is
-expected is refused.
+reuse it. Both are written into `WORKDIR/export.tmp` and swapped in by renames, so a
+failure or kill never leaves a partial export where a good one was. The card names the
+stage, so an RM checkpoint given where a policy is expected is refused.
 """
 
 from __future__ import annotations
@@ -28,16 +29,21 @@ def is_exported(workdir: str) -> bool:
 def save_export(workdir: str, params: Any, *, stage: str, card: dict) -> None:
   """Writes params then the card; every process must call it (Orbax is collective)."""
   export_dir = os.path.abspath(os.path.join(workdir, "export"))
-  if jax.process_index() == 0 and os.path.exists(export_dir):
-    shutil.rmtree(export_dir)  # a half-written export from a killed run
+  staging, retired = export_dir + ".tmp", export_dir + ".old"
+  if jax.process_index() == 0:
+    for leftover in (staging, retired):  # from a killed or failed earlier save
+      if os.path.exists(leftover):
+        shutil.rmtree(leftover)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(export_dir, "params"), params)
+  checkpointer.save(os.path.join(staging, "params"), params)
   checkpointer.wait_until_finished()
   if jax.process_index() == 0:
-    tmp = os.path.join(export_dir, CARD + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(os.path.join(staging, CARD), "w", encoding="utf-8") as f:
       json.dump({"stage": stage, **card}, f, indent=2)
-    os.replace(tmp, os.path.join(export_dir, CARD))
+    if os.path.exists(export_dir):
+      os.rename(export_dir, retired)
+    os.rename(staging, export_dir)
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def read_card(workdir: str, *, expected_stages: Iterable[str]) -> dict:

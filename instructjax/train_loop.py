@@ -66,6 +66,9 @@ def run_stage(spec: StageSpec) -> TrainState:
   cfg = spec.train
   rng = jax.random.PRNGKey(spec.seed)
   state, state_shardings = sharding.create_sharded(spec.init_state, spec.mesh, rng)
+  # A fresh step counter is weakly typed (it starts as a Python 0) and a restored one is
+  # not; one type keeps fresh and resumed runs on the same compiled step.
+  state = state.replace(step=state.step.astype(state.step.dtype))
   checkpointer = Checkpointer(os.path.join(spec.workdir, "checkpoints"),
                               keep=cfg.keep_checkpoints, stage=spec.name)
   restored = checkpointer.restore_latest(state, state_shardings)

@@ -76,7 +76,7 @@ def guarded_update(state: TrainState, grads: Any, loss: jax.Array):
       skipped_updates=jnp.zeros_like(state.skipped_updates))
   skipped = state.replace(step=state.step + 1, skipped_updates=state.skipped_updates + 1)
   new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, skipped)
-  metrics = {"grad_norm": optax.tree.norm(safe_grads),
+  metrics = {"grad_norm": optax.tree.norm(grads),  # NaN/Inf when the update was skipped
              "update_skipped": (~finite).astype(jnp.int32),
              "consecutive_skips": new_state.skipped_updates}
   return new_state, metrics

@@ -38,14 +38,13 @@ from flax.core import meta
 from jax.sharding import AbstractMesh, Mesh
 
 from instructjax import cli  # noqa: F401  (defines --config)
+from instructjax import ppo as ppo_program
 from instructjax import sampling, sharding
 from instructjax.config import ConfigError, model_config, validate
 from instructjax.data.batches import RankingBatch, TokenBatch
 from instructjax.models import CausalLM, ScalarModel
-from instructjax.ppo import make_optimizer as make_ppo_optimizer
 from instructjax.rollout import make_rollout
 from instructjax.sft import make_init_state
-from instructjax.steps.ppo_step import PPOState, ppo_step
 from instructjax.steps.reward_step import reward_step
 from instructjax.steps.sft_step import sft_step
 
@@ -196,16 +195,8 @@ def _ppo_state(config, mesh, policy, scalar):
   """The PPO train state as `instructjax.ppo.run` builds it, abstract."""
   ppo = config.ppo
   total_steps = ppo.iterations * ppo.epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
-  tx = make_ppo_optimizer(ppo, total_steps)
-  example = jnp.zeros((1, 8), jnp.int32)
-
-  def init_state(rng):
-    params = {"policy": policy.init(rng, example)["params"],
-              "value": scalar.init(rng, example)["params"]}
-    return PPOState.create(
-        apply_fn=None, params=params, tx=tx, rng=rng, skipped_updates=jnp.zeros((), jnp.int32),
-        ema_policy=params["policy"] if ppo.ema_decay > 0 else {},
-        kl_coef=jnp.asarray(ppo.kl_coef, jnp.float32))
+  tx = ppo_program.make_optimizer(ppo, total_steps)
+  init_state = ppo_program.make_init_state(policy, scalar, tx, ppo)
   return _abstract_state(init_state, mesh)
 
 
@@ -241,12 +232,9 @@ def _ppo_steps(config, mesh) -> tuple[_Step, Callable[[Any], _Step]]:
     # pretraining forward/backward.
     ptx = (_token_batch(ppo.ptx_batch_size, config.data.buckets[-1], mesh)
            if ppo.ptx_coef > 0 else None)
-    fn = jax.jit(
-        functools.partial(ppo_step, policy=policy, value_model=scalar, prompt_len=prompt_len,
-                          temperature=ppo.temperature, clip_eps=ppo.clip_eps,
-                          value_clip=ppo.value_clip, vf_coef=ppo.vf_coef,
-                          ptx_coef=ppo.ptx_coef, ema_decay=ppo.ema_decay),
-        out_shardings=(shardings, None), donate_argnums=0)
+    fn = jax.jit(ppo_program.make_update_step(ppo, policy, scalar, prompt_len=prompt_len,
+                                              ptx_coef=ppo.ptx_coef),
+                 out_shardings=(shardings, None), donate_argnums=0)
     return _Step(fn, (state, minibatch, ptx), {}, state.params, state)
   return rollout, update
 

@@ -51,6 +51,29 @@ def make_optimizer(ppo: ml_collections.ConfigDict, total_steps: int):
                      optax.GradientTransformation(lambda _: optax.EmptyState(), scale_value))
 
 
+def make_init_state(policy, scalar, tx, ppo: ml_collections.ConfigDict):
+  """rng -> a PPOState with freshly initialised (boxed) policy and value params."""
+  example = jnp.zeros((1, 8), jnp.int32)
+
+  def init_state(rng):
+    params = {"policy": policy.init(rng, example)["params"],
+              "value": scalar.init(rng, example)["params"]}
+    return PPOState.create(
+        apply_fn=None, params=params, tx=tx, rng=rng, skipped_updates=jnp.zeros((), jnp.int32),
+        ema_policy=params["policy"] if ppo.ema_decay > 0 else {},
+        kl_coef=jnp.asarray(ppo.kl_coef, jnp.float32))
+  return init_state
+
+
+def make_update_step(ppo: ml_collections.ConfigDict, policy, scalar, *, prompt_len: int,
+                     ptx_coef: float):
+  """ppo_step with this config's hyperparameters bound: (state, minibatch, ptx_batch)."""
+  return functools.partial(
+      ppo_step, policy=policy, value_model=scalar, prompt_len=prompt_len,
+      temperature=ppo.temperature, clip_eps=ppo.clip_eps, value_clip=ppo.value_clip,
+      vf_coef=ppo.vf_coef, ptx_coef=ptx_coef, ema_decay=ppo.ema_decay)
+
+
 def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") -> str:
   if stage not in STAGES:
     raise ValueError(f"unknown stage {stage!r}; known: {STAGES}")
@@ -82,16 +105,8 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") 
   minibatches = ppo.rollout_batch_size // ppo.minibatch_size
   total_steps = ppo.iterations * ppo.epochs * minibatches
   tx = make_optimizer(ppo, total_steps)
-  example = jnp.zeros((1, 8), jnp.int32)
 
-  def init_state(rng):
-    params = {"policy": policy.init(rng, example)["params"],
-              "value": scalar.init(rng, example)["params"]}
-    return PPOState.create(
-        apply_fn=None, params=params, tx=tx, rng=rng, skipped_updates=jnp.zeros((), jnp.int32),
-        ema_policy=params["policy"] if ppo.ema_decay > 0 else {},
-        kl_coef=jnp.asarray(ppo.kl_coef, jnp.float32))
-
+  init_state = make_init_state(policy, scalar, tx, ppo)
   state, state_shardings = sharding.create_sharded(init_state, mesh,
                                                    jax.random.PRNGKey(config.seed))
   prompt_rows = data.read("ppo_prompts", skip_bad_rows=config.data.skip_bad_rows)
@@ -129,12 +144,9 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") 
       make_rollout, policy=policy, value_model=scalar, reward_model=scalar,
       sampling_config=sampling_config, reward_bias=reward_bias, gamma=ppo.gamma,
       lam=ppo.gae_lambda, whiten_rewards=ppo.whiten_rewards, no_eos_penalty=ppo.no_eos_penalty)
-  step_fn = jax.jit(
-      functools.partial(ppo_step, policy=policy, value_model=scalar, prompt_len=prompt_len,
-                        temperature=ppo.temperature, clip_eps=ppo.clip_eps,
-                        value_clip=ppo.value_clip, vf_coef=ppo.vf_coef, ptx_coef=ptx_coef,
-                        ema_decay=ppo.ema_decay),
-      out_shardings=(state_shardings, None), donate_argnums=0)
+  step_fn = jax.jit(make_update_step(ppo, policy, scalar, prompt_len=prompt_len,
+                                     ptx_coef=ptx_coef),
+                    out_shardings=(state_shardings, None), donate_argnums=0)
 
   run_log = RunLog(stage_dir, stage=stage, tensorboard=config.log.tensorboard,
                    wandb_project=config.log.wandb_project)

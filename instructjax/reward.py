@@ -15,7 +15,6 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app

@@ -28,7 +28,7 @@ from instructjax.checkpoints import Checkpointer
 from instructjax.config import ConfigError, model_config
 from instructjax.data import pipeline, sources, testbed, tokenize
 from instructjax.models import CausalLM, ScalarModel
-from instructjax.rollout import make_rollout, rollout_stats
+from instructjax.rollout import rollout_stats, score_rollout
 from instructjax.run_log import RunLog, progress_bar
 from instructjax.steps.ppo_step import PPOState, ppo_step
 from instructjax.train_loop import NonFiniteLossError, to_floats
@@ -140,9 +140,9 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") 
   sampling_config = sampling.SamplingConfig(
       max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
       eos_id=tokenize.eos_id(tok), pad_id=tokenize.pad_id(tok))
-  rollout_fn = functools.partial(
-      make_rollout, policy=policy, value_model=scalar, reward_model=scalar,
-      sampling_config=sampling_config, reward_bias=reward_bias, gamma=ppo.gamma,
+  score_fn = functools.partial(
+      score_rollout, policy=policy, value_model=scalar, reward_model=scalar,
+      temperature=ppo.temperature, reward_bias=reward_bias, gamma=ppo.gamma,
       lam=ppo.gae_lambda, whiten_rewards=ppo.whiten_rewards, no_eos_penalty=ppo.no_eos_penalty)
   step_fn = jax.jit(make_update_step(ppo, policy, scalar, prompt_len=prompt_len,
                                      ptx_coef=ptx_coef),
@@ -159,10 +159,14 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") 
       rng = jax.random.fold_in(state.rng, iteration)
       frozen = {"policy": state.params["policy"], "value": state.params["value"],
                 "ref": ref_params, "reward": reward_params}
-      rollout = rollout_fn(frozen, batch.prompt_tokens, batch.prompt_mask,
-                           batch.example_index, rng, state.kl_coef)
+      sample = sampling.generate(policy, state.params["policy"], batch.prompt_tokens,
+                                 batch.prompt_mask, rng, config=sampling_config)
+      jax.block_until_ready(sample)
+      t_sample = time.time() - t0
+      rollout = score_fn(frozen, sample, batch.prompt_mask, batch.example_index,
+                         state.kl_coef)
       stats = to_floats(rollout_stats(rollout))
-      t_rollout = time.time() - t0
+      t_score = time.time() - t0 - t_sample
       if examples is not None:
         responses = evaluation.decode_responses(
             tok, rollout.tokens[:, prompt_len:], rollout.response_mask,
@@ -198,7 +202,8 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") 
                                                      state_shardings.kl_coef))
       done = iteration + 1
       run_log.write(done, {**stats, **updates, "kl_coef": kl_coef,
-                           "time_rollout_s": t_rollout, "time_update_s": time.time() - t1,
+                           "time_sample_s": t_sample, "time_score_s": t_score,
+                           "time_update_s": time.time() - t1,
                            "time_iteration_s": time.time() - t0})
       bar.set_postfix(rm=f"{stats['rm_score']:.2f}", kl=f"{stats['kl_to_ref']:.2f}")
       bar.update(1)

@@ -90,8 +90,8 @@ def test_reward_model_export_given_as_the_policy_is_refused(run_dir, tmp_path):
 
 def test_ptx_keeps_the_pretraining_loss_lower(run_dir):
   """PPO-ptx's point: less drift from the pretraining distribution. At this scale
-  (seeds 0-2) PPO-ptx ends ~0.02 nats below PPO on held-out documents, while PPO moves
-  the loss by about +-0.005 from SFT."""
+  (seeds 0-3) PPO-ptx ends 0.035-0.042 nats below PPO on held-out documents, while PPO
+  moves the loss by at most 0.007 from SFT."""
   config = _config()
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
@@ -104,4 +104,4 @@ def test_ptx_keeps_the_pretraining_loss_lower(run_dir):
                                          sharding.abstract_params(model, mesh),
                                          expected_stages=(stage,))
     return evaluation.lm_loss(model.apply, params, heldout, batcher, batch_size=8, mesh=mesh)
-  assert heldout_loss("ppo_ptx") < heldout_loss("ppo")
+  assert heldout_loss("ppo_ptx") < heldout_loss("ppo") - 0.01

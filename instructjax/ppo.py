@@ -51,6 +51,9 @@ def make_optimizer(ppo: ml_collections.ConfigDict, total_steps: int):
                      optax.GradientTransformation(lambda _: optax.EmptyState(), scale_value))
 
 
+_rollout_stats = jax.jit(rollout_stats)
+
+
 def make_init_state(policy, scalar, tx, ppo: ml_collections.ConfigDict):
   """rng -> a PPOState with freshly initialised (boxed) policy and value params."""
   example = jnp.zeros((1, 8), jnp.int32)
@@ -165,7 +168,11 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") 
       t_sample = time.time() - t0
       rollout = score_fn(frozen, sample, batch.prompt_mask, batch.example_index,
                          state.kl_coef)
-      stats = to_floats(rollout_stats(rollout))
+      stats = to_floats(_rollout_stats(rollout))
+      # One copy to the host; minibatches are cut there and placed back on the mesh.
+      # (Gathering them op by op on sharded arrays launched dozens of tiny collective
+      # programs per iteration, slow and, on faked CPU devices, prone to stalls.)
+      rollout = jax.device_get(rollout)
       t_score = time.time() - t0 - t_sample
       if examples is not None:
         responses = evaluation.decode_responses(
@@ -180,8 +187,8 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") 
       for _ in range(ppo.epochs):
         order = order_rng.permutation(ppo.rollout_batch_size)
         for m in range(minibatches):
-          idx = jnp.asarray(order[m * ppo.minibatch_size:(m + 1) * ppo.minibatch_size])
-          minibatch = jax.tree.map(lambda x, i=idx: x[i], rollout)
+          idx = order[m * ppo.minibatch_size:(m + 1) * ppo.minibatch_size]
+          minibatch = sharding.shard_batch(jax.tree.map(lambda x, i=idx: x[i], rollout), mesh)
           ptx_batch = sharding.shard_batch(next(ptx), mesh) if ptx is not None else None
           state, metrics = step_fn(state, minibatch, ptx_batch)
           update_metrics.append(metrics)

@@ -4,6 +4,9 @@ Every case asserts the exception type and that the message names the problem: th
 and line, the config field, or the expected and actual values. Data problems go through
 the stage programs themselves (`config.data.source="jsonl"` with a small word-level
 tokenizer), which read their data before compiling anything, so they cost milliseconds.
+Command-line mistakes (an override of a config field or section that does not exist, a
+--workdir that cannot be written) run a program as a subprocess and check what it prints
+before it stops: the line naming the flag, and for an override the fields there are.
 """
 
 from __future__ import annotations
@@ -198,6 +201,19 @@ def test_unknown_data_source(good_data):
     sources.load_data(config, "/nonexistent-run")
 
 
+def test_testbed_of_another_config_is_not_rebuilt_under_trained_models(tmp_path):
+  """Rebuilding would retrain the tokenizer under the models already trained on it."""
+  config = load_config(TEST_CONFIG)
+  sources.load_data(config, str(tmp_path))
+  tokenizer_file = tmp_path / "testbed" / "tokenizer" / "tokenizer.json"
+  before = tokenizer_file.read_bytes()
+  config.data.testbed.rm_train = 41
+  with pytest.raises(DataError, match=r"testbed holds a testbed built for another config; "
+                     r"changed fields sizes\.rm_train: 40 -> 41\. Its tokenizer and splits"):
+    sources.load_data(config, str(tmp_path))
+  assert tokenizer_file.read_bytes() == before
+
+
 # --- 2. tokenizer and lengths ---------------------------------------------------------
 
 def test_tokenizer_larger_than_model_vocabulary(tmp_path, good_data):
@@ -282,11 +298,25 @@ def test_impossible_config_value_names_the_field(field, value, expected):
     validate(config)
 
 
-def test_unknown_override_on_the_command_line(tmp_path):
-  """The program stops before doing anything; ml_collections' message names the key."""
-  result = _program(tmp_path / "run", "--config.ppo.foo=1")
-  assert result.returncode != 0
-  assert "'foo'" in result.stderr.splitlines()[-1]
+@pytest.mark.parametrize("config, override, section, problem", [
+    (TEST_CONFIG, "--config.ppo.foo=1", "ppo",
+     "--config.ppo.foo: config.ppo has no field 'foo'"),
+    (TEST_CONFIG, "--config.pp.lr=1", None,
+     "--config.pp.lr: config has no field 'pp' (did you mean 'ppo'?)"),
+    # Without --config, the default config takes the overrides when the flag is defined.
+    (None, "--config.sft.lrr=1", "sft",
+     "--config.sft.lrr: config.sft has no field 'lrr' (did you mean 'lr'?)"),
+], ids=["field", "section", "default_config"])
+def test_unknown_override_on_the_command_line(tmp_path, config, override, section, problem):
+  """The program stops before doing anything, with one line naming the flag, the
+  section and the fields it does have; no traceback."""
+  result = _program(tmp_path / "run", override, config=config)
+  assert result.returncode == 1
+  loaded = load_config(config or DEFAULT_CONFIG)
+  fields = ", ".join(sorted((loaded[section] if section else loaded).keys()))
+  assert [line for line in result.stderr.splitlines() if "FATAL" in line] == [
+      f"FATAL Flags parsing error: {problem}; known fields: {fields}"]
+  assert "Traceback" not in result.stderr
   assert not os.path.exists(tmp_path / "run")
 
 
@@ -340,10 +370,11 @@ def test_wrong_stage_export(tmp_path, good_data):
     sft.run(config, str(tmp_path), stage="sft")
 
 
-def _program(workdir, *flags):
+def _program(workdir, *flags, config: str | None = TEST_CONFIG):
+  """Runs `python -m instructjax.sft --stage=pretrain` (without --config if config is None)."""
   return subprocess.run(
       [sys.executable, "-m", "instructjax.sft", "--stage=pretrain",
-       f"--config={TEST_CONFIG}", f"--workdir={workdir}", *flags],
+       *([f"--config={config}"] if config else []), f"--workdir={workdir}", *flags],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -1,11 +1,21 @@
-"""Exact resume after SIGKILL, for each stage program (pretrain, sft, rm).
+"""Exact resume after SIGKILL: each stage program (pretrain, sft, rm, ppo_ptx) and the
+whole pipeline killed in the middle of a stage.
 
 Each stage's command runs once uninterrupted (the reference) and once SIGKILLed after
 its first checkpoint exists, then rerun to completion. The exported parameters, the
-export card and the last checkpoint (parameters, optimizer state, step, rng, data
-position) must be bit-for-bit equal to the reference's: same config, same 8 CPU devices.
-The kill lands at a random moment after checkpoint 3 is complete for sft and rm, and for
-pretrain while the asynchronous save of checkpoint 6 is half-written.
+export card, the last checkpoint (parameters, optimizer state, step, rng, data
+positions; for PPO also the KL coefficient and the EMA policy) and the metrics of every
+step must be bit-for-bit equal to the reference's: same config, same 8 CPU devices.
+The kill lands at a random moment after checkpoint 3 is complete for sft and rm; for
+pretrain while the asynchronous save of checkpoint 6 is half-written; for PPO-ptx (4
+iterations, checkpoints at 2 and 4, so that the rerun replays two iterations with the
+prompt and pretraining-data iterators restored) while checkpoint 4 is half-written.
+
+The pipeline (`python -m instructjax.pipeline`) is killed at a random moment after SFT's
+checkpoint 3; its rerun must say it resumed SFT, leave the finished pretrain and
+pretrain_big exports untouched, and finish with sft, rm, ppo and ppo_ptx exports equal
+to the per-stage reference runs' (the pipeline runs the same stage code with the same
+config; its evaluation and report are not compared).
 
 All runs are subprocesses sharing a persistent XLA compilation cache: compiling is most
 of a run's time, and the interrupted runs compile what the reference already did. (The
@@ -14,6 +24,7 @@ reference is a subprocess too, so both sides are the very command a user reruns.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -27,18 +38,28 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from instructjax import sft, sharding, stage_export
+from instructjax import ppo, sft, sharding, stage_export
 from instructjax.checkpoints import Checkpointer
 from instructjax.config import DEFAULT_CONFIG, load_config, model_config
 from instructjax.models import CausalLM, ScalarModel
 
 CONFIG = DEFAULT_CONFIG + ":test"  # 6 steps per stage, checkpoints at 3 and 6
+# PPO gets 4 iterations with checkpoints at 2 and 4 (the :test variant has 2 and 1).
+PPO_OVERRIDES = {"iterations": 4, "checkpoint_every": 2}
+PPO_FLAGS = [f"--config.ppo.{key}={value}" for key, value in PPO_OVERRIDES.items()]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARENT = {"pretrain": None, "sft": "pretrain", "rm": "sft"}
+PARENTS = {"pretrain": (), "sft": ("pretrain",), "rm": ("sft",), "ppo": ("sft", "rm"),
+           "ppo_ptx": ("sft", "rm")}
+CHAIN = ("pretrain", "sft", "rm")  # what the PPO stages need, in order
+# stage -> (the checkpoint after which the kill lands, the last checkpoint)
+CHECKPOINTS = {"ppo_ptx": (2, 4)}
+PROGRAMS = {"pretrain": "instructjax.sft", "sft": "instructjax.sft", "rm": "instructjax.reward",
+            "ppo": "instructjax.ppo", "ppo_ptx": "instructjax.ppo",
+            "pipeline": "instructjax.pipeline"}
 
 
 class _Programs:
-  """Runs the stage commands with a shared compilation cache."""
+  """Runs the stage commands (or the pipeline's) with a shared compilation cache."""
 
   def __init__(self, cache_dir):
     self.env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
@@ -46,20 +67,27 @@ class _Programs:
 
   @staticmethod
   def command(run_dir, stage: str) -> list[str]:
-    program = "instructjax.reward" if stage == "rm" else "instructjax.sft"
-    flags = [] if stage == "rm" else [f"--stage={stage}"]
-    return [sys.executable, "-m", program, *flags, f"--config={CONFIG}",
-            f"--workdir={run_dir}"]
+    flags = [f"--stage={stage}"] if stage not in ("rm", "pipeline") else []
+    flags += [f"--config={CONFIG}", f"--workdir={run_dir}"]
+    if stage in ("ppo", "ppo_ptx", "pipeline"):
+      flags += PPO_FLAGS  # after --config, as ml_collections requires
+    return [sys.executable, "-m", PROGRAMS[stage], *flags]
 
   def start(self, run_dir, stage: str, log) -> subprocess.Popen:
     return subprocess.Popen(self.command(run_dir, stage), cwd=REPO, env=self.env, stdout=log,
                             stderr=subprocess.STDOUT)
 
-  def run(self, run_dir, stage: str) -> subprocess.CompletedProcess:
+  def run(self, run_dir, stage: str, timeout: float = 600) -> subprocess.CompletedProcess:
     result = subprocess.run(self.command(run_dir, stage), cwd=REPO, env=self.env,
-                            capture_output=True, text=True, timeout=600, check=False)
+                            capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, f"{stage} in {run_dir}:\n{result.stderr[-3000:]}"
     return result
+
+  def ensure(self, run_dir, stages) -> None:
+    """Runs each of the stages that is not exported in run_dir yet, in order."""
+    for name in stages:
+      if not stage_export.is_exported(str(run_dir / name)):
+        self.run(run_dir, name)
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +98,22 @@ def programs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """(config, run dir) of the uninterrupted runs; a test runs the stages it needs."""
-  return load_config(CONFIG), tmp_path_factory.mktemp("reference")
+  config = load_config(CONFIG)
+  config.ppo.update(PPO_OVERRIDES)  # as PPO_FLAGS do on the command line
+  return config, tmp_path_factory.mktemp("reference")
 
 
 def _listing(directory) -> list[str]:
   return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
 
 
-def _kill(proc, ckpt_dir, *, when: str, output) -> str:
-  """SIGKILLs proc after ckpt_dir/3 is complete: after a random delay (when="random") or
-  as soon as checkpoint 6's temporary directory appears (when="during_save").
+def _kill(proc, ckpt_dir, *, after: int, during_save_of: int | None = None, output,
+          timeout: float = 300) -> str:
+  """SIGKILLs proc once checkpoint `after` in ckpt_dir is complete: as soon as the
+  temporary directory of checkpoint `during_save_of`'s asynchronous save appears, or,
+  without one, after a random delay of 0-0.3 s.
   -> a description of the moment, for failure messages."""
-  deadline = time.monotonic() + 300
+  deadline = time.monotonic() + timeout
 
   def wait_for(condition, what):
     while not condition():
@@ -91,18 +123,32 @@ def _kill(proc, ckpt_dir, *, when: str, output) -> str:
       assert time.monotonic() < deadline, f"timed out waiting for {what}"
       time.sleep(0.005)
 
-  wait_for(lambda: "3" in _listing(ckpt_dir), "checkpoint 3 was complete")
-  if when == "during_save":
-    wait_for(lambda: any(n.startswith("6.") for n in _listing(ckpt_dir)),
-             "checkpoint 6's save began")
-    moment = "during the save of checkpoint 6"
+  wait_for(lambda: str(after) in _listing(ckpt_dir), f"checkpoint {after} was complete")
+  if during_save_of is not None:
+    wait_for(lambda: any(n.startswith(f"{during_save_of}.") for n in _listing(ckpt_dir)),
+             f"checkpoint {during_save_of}'s save began")
+    moment = f"during the save of checkpoint {during_save_of}"
   else:
     delay = random.uniform(0.0, 0.3)
     time.sleep(delay)
-    moment = f"{delay:.3f} s after checkpoint 3"
+    moment = f"{delay:.3f} s after checkpoint {after}"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   return f"{moment}; checkpoints then: {_listing(ckpt_dir)}"
+
+
+def _start_and_kill(programs, run_dir, stage: str, ckpt_dir, output, **when) -> str:
+  """Starts `stage`'s command (or the pipeline's) in run_dir and SIGKILLs it (_kill)."""
+  with open(output, "w", encoding="utf-8") as log:
+    proc = programs.start(run_dir, stage, log)
+    try:
+      moment = _kill(proc, ckpt_dir, output=output, **when)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  assert proc.returncode == -signal.SIGKILL, moment
+  return moment
 
 
 def _model(config, stage: str):
@@ -118,18 +164,42 @@ def _export(config, run_dir, stage: str):
   return jax.device_get(params), card
 
 
+def _init_state(config, stage: str):
+  """The stage's state factory, as its program builds it: rng -> boxed state."""
+  if stage in ppo.STAGES:
+    cfg = model_config(config.model, field="config.model")
+    minibatches = config.ppo.rollout_batch_size // config.ppo.minibatch_size
+    tx = ppo.make_optimizer(config.ppo,
+                            config.ppo.iterations * config.ppo.epochs * minibatches)
+    return ppo.make_init_state(CausalLM(cfg), ScalarModel(cfg), tx, config.ppo)
+  return sft.make_init_state(_model(config, stage), config[stage], config.data.buckets[0])
+
+
 def _last_checkpoint(config, run_dir, stage: str):
   """-> (step, side data, the state's arrays) of the newest checkpoint."""
   mesh = sharding.make_mesh(**config.mesh)
-  init = sft.make_init_state(_model(config, stage), config[stage], config.data.buckets[0])
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(_init_state(config, stage), jax.random.PRNGKey(0))
   checkpointer = Checkpointer(str(run_dir / stage / "checkpoints"), stage=stage)
   state, extra, step = checkpointer.restore_latest(
       meta.unbox(abstract), sharding.logical_shardings(abstract, mesh))
   checkpointer.close()
   arrays = dict(params=state.params, opt_state=state.opt_state, step=state.step,
                 rng=state.rng, skipped_updates=state.skipped_updates)
+  if stage in ppo.STAGES:
+    arrays.update(kl_coef=state.kl_coef, ema_policy=state.ema_policy)
   return step, extra, jax.device_get(arrays)
+
+
+def _metrics(run_dir, stage: str) -> dict:
+  """{(step, keys): values} of metrics.jsonl, the last line of each (a rerun repeats the
+  steps after its checkpoint), wall-clock times left out."""
+  lines = {}
+  with open(run_dir / stage / "metrics.jsonl", encoding="utf-8") as f:
+    for line in f:
+      row = {k: v for k, v in json.loads(line).items()
+             if not (k == "time" or k.startswith("time_") or k.endswith("per_s"))}
+      lines[row["step"], tuple(sorted(row))] = row
+  return lines
 
 
 def _assert_trees_equal(got, expected, what: str):
@@ -138,47 +208,77 @@ def _assert_trees_equal(got, expected, what: str):
     np.testing.assert_array_equal(a, b, err_msg=f"{what} {jax.tree_util.keystr(path)}")
 
 
-@pytest.mark.parametrize("stage, when", [
-    ("pretrain", "during_save"), ("sft", "random"), ("rm", "random")])
-def test_killed_stage_resumes_exactly(programs, reference, tmp_path, stage, when):
-  config, ref_dir = reference
-  chain = {"pretrain": ["pretrain"], "sft": ["pretrain", "sft"],
-           "rm": ["pretrain", "sft", "rm"]}[stage]
-  for name in chain:
-    if not stage_export.is_exported(str(ref_dir / name)):
-      programs.run(ref_dir, name)
-
-  # The interrupted run starts from the same testbed files and previous-stage export.
-  run_dir = tmp_path / "run"
-  shutil.copytree(ref_dir / "testbed", run_dir / "testbed")
-  if PARENT[stage]:
-    shutil.copytree(ref_dir / PARENT[stage] / "export", run_dir / PARENT[stage] / "export")
-  ckpt_dir = run_dir / stage / "checkpoints"
-  output = tmp_path / "killed.log"
-  with open(output, "w", encoding="utf-8") as log:
-    proc = programs.start(run_dir, stage, log)
-    try:
-      moment = _kill(proc, ckpt_dir, when=when, output=output)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  assert proc.returncode == -signal.SIGKILL, moment
-  assert not stage_export.is_exported(str(run_dir / stage)), moment
-  if when == "during_save":
-    assert _listing(ckpt_dir) == ["3", "6.orbax-checkpoint-tmp"], moment
-
-  rerun = programs.run(run_dir, stage)
-  resumed = {"during_save": f"[{stage}] resumed from step 3"}.get(when, f"[{stage}] resumed")
-  assert resumed in rerun.stdout, f"{moment}\n{rerun.stdout}"
-  assert _listing(ckpt_dir) == ["3", "6"], moment
-
+def _assert_exports_equal(config, run_dir, ref_dir, stage: str, moment: str):
   params, card = _export(config, run_dir, stage)
   ref_params, ref_card = _export(config, ref_dir, stage)
-  assert card == ref_card, moment  # steps, final evals, truncation counts, reward bias
-  _assert_trees_equal(params, ref_params, f"{moment}: exported params")
+  assert card == ref_card, f"{moment}: {stage}"  # steps, final evals, truncation counts, ...
+  _assert_trees_equal(params, ref_params, f"{moment}: {stage}'s exported params")
+
+
+@pytest.mark.parametrize("stage, when", [
+    ("pretrain", "during_save"), ("sft", "random"), ("rm", "random"),
+    ("ppo_ptx", "during_save")])
+def test_killed_stage_resumes_exactly(programs, reference, tmp_path, stage, when):
+  config, ref_dir = reference
+  chain = CHAIN[:CHAIN.index(stage) + 1] if stage in CHAIN else (*CHAIN, stage)
+  programs.ensure(ref_dir, chain)
+  first, last = CHECKPOINTS.get(stage, (3, 6))
+
+  # The interrupted run starts from the same testbed files and previous-stage exports.
+  run_dir = tmp_path / "run"
+  shutil.copytree(ref_dir / "testbed", run_dir / "testbed")
+  for parent in PARENTS[stage]:
+    shutil.copytree(ref_dir / parent / "export", run_dir / parent / "export")
+  ckpt_dir = run_dir / stage / "checkpoints"
+  moment = _start_and_kill(programs, run_dir, stage, ckpt_dir, tmp_path / "killed.log",
+                           after=first, during_save_of=last if when == "during_save" else None)
+  assert not stage_export.is_exported(str(run_dir / stage)), moment
+  if when == "during_save":
+    assert _listing(ckpt_dir) == [str(first), f"{last}.orbax-checkpoint-tmp"], moment
+
+  rerun = programs.run(run_dir, stage)
+  unit = "iteration" if stage in ppo.STAGES else "step"
+  resumed = f"[{stage}] resumed from {unit} {first}" if when == "during_save" else (
+      f"[{stage}] resumed from {unit} ")
+  assert resumed in rerun.stdout, f"{moment}\n{rerun.stdout}"
+  assert _listing(ckpt_dir) == [str(first), str(last)], moment
+
+  _assert_exports_equal(config, run_dir, ref_dir, stage, moment)
   step, extra, arrays = _last_checkpoint(config, run_dir, stage)
   ref_step, ref_extra, ref_arrays = _last_checkpoint(config, ref_dir, stage)
-  assert step == ref_step == 6
-  assert extra == ref_extra, moment  # data position and truncation counts
-  _assert_trees_equal(arrays, ref_arrays, f"{moment}: checkpoint 6")
+  assert step == ref_step == last
+  assert extra == ref_extra, moment  # data positions (and truncation counts)
+  _assert_trees_equal(arrays, ref_arrays, f"{moment}: checkpoint {last}")
+  assert _metrics(run_dir, stage) == _metrics(ref_dir, stage), moment
+
+
+def _export_files(stage_dir) -> dict:
+  """{path: (size, mtime, bytes)} of every file of the stage's export."""
+  files = {}
+  for root, _, names in os.walk(stage_dir / "export"):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        files[path] = (os.path.getsize(path), os.stat(path).st_mtime_ns, f.read())
+  return files
+
+
+def test_killed_pipeline_resumes_mid_stage(programs, reference, tmp_path):
+  config, ref_dir = reference
+  programs.ensure(ref_dir, (*CHAIN, "ppo", "ppo_ptx"))
+  run_dir = tmp_path / "run"
+  moment = _start_and_kill(programs, run_dir, "pipeline", run_dir / "sft" / "checkpoints",
+                           tmp_path / "killed.log", after=3, timeout=600)
+  finished = ("pretrain", "pretrain_big")
+  assert all(stage_export.is_exported(str(run_dir / s)) for s in finished), moment
+  assert not stage_export.is_exported(str(run_dir / "sft")), moment
+  before = {stage: _export_files(run_dir / stage) for stage in finished}
+
+  rerun = programs.run(run_dir, "pipeline", timeout=900)
+  for stage in finished:
+    assert f"[{stage}] finished earlier, reused" in rerun.stdout, f"{moment}\n{rerun.stdout}"
+    assert _export_files(run_dir / stage) == before[stage], f"{moment}: {stage} was rewritten"
+  assert "[sft] resumed from step " in rerun.stdout, f"{moment}\n{rerun.stdout}"
+  assert os.path.exists(run_dir / "report.md"), moment
+  for stage in ("pretrain", "sft", "rm", "ppo", "ppo_ptx"):
+    _assert_exports_equal(config, run_dir, ref_dir, stage, moment)

@@ -53,8 +53,18 @@ def prepare_testbed(config: ml_collections.ConfigDict, directory: str) -> testbe
           "tokenizer_vocab_size": config.data.tokenizer_vocab_size}
   if os.path.exists(card_path):
     with open(card_path, encoding="utf-8") as f:
-      if json.load(f) == card:
-        return bed
+      built = json.load(f)
+    if built == card:
+      return bed
+    # Rebuilding would retrain the tokenizer and redraw the splits under the models
+    # already trained on them: refuse rather than silently break them.
+    old = _flat(built)
+    changed = {k: (old.get(k), v) for k, v in _flat(card).items() if old.get(k) != v}
+    raise records.DataError(
+        f"{directory} holds a testbed built for another config; changed fields "
+        + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        + ". Its tokenizer and splits would change under the models trained on it: use "
+        "a new --workdir (or config.data.dir), or delete that directory to rebuild it")
   os.makedirs(directory, exist_ok=True)
   testbed_lib.write_testbed(bed, directory)
   testbed_lib.train_tokenizer(bed, os.path.join(directory, "tokenizer"),
@@ -63,6 +73,17 @@ def prepare_testbed(config: ml_collections.ConfigDict, directory: str) -> testbe
     json.dump(card, f)
   os.replace(card_path + ".tmp", card_path)
   return bed
+
+
+def _flat(card: dict, prefix: str = "") -> dict:
+  """{"sizes": {"sft": 1}} -> {"sizes.sft": 1}, so a mismatch names the field."""
+  out = {}
+  for key, value in card.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
 
 
 def load_data(config: ml_collections.ConfigDict, run_dir: str) -> DataSource:

@@ -50,6 +50,34 @@ def test_ppo_ptx_pays_less_alignment_tax_than_ppo(quick_run):
   assert models["ppo_ptx"]["pretrain_loss"] < models["ppo"]["pretrain_loss"]
 
 
+def _ppo_metrics(run_dir, stage):
+  with open(os.path.join(run_dir, stage, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def _start_and_end(rows, key, last=3):
+  """(first iteration's value, mean of the last `last` iterations') of a PPO metric.
+  The first rollout is sampled before any update: it is the SFT policy's."""
+  return rows[0][key], sum(r[key] for r in rows[-last:]) / last
+
+
+def test_ppo_raises_reward_and_gold_score_over_sft_with_bounded_kl(quick_run):
+  _, run_dir, results = quick_run
+  rows = _ppo_metrics(run_dir, "ppo")
+  rm_start, rm_end = _start_and_end(rows, "rm_score")
+  gold_start, gold_end = _start_and_end(rows, "gold_score")
+  assert rm_end > rm_start + 0.2, (rm_start, rm_end)  # RM scores of the sampled answers
+  assert gold_end > gold_start + 0.03, (gold_start, gold_end)  # their gold scores
+  assert max(r["kl_to_ref"] for r in rows) < 10.0  # nats per response, on rollouts
+  assert 0.0 < results["models"]["ppo"]["kl_to_sft"] < 10.0  # on held-out prompts
+
+
+def test_ppo_ptx_also_raises_the_reward(quick_run):
+  _, run_dir, _ = quick_run
+  rm_start, rm_end = _start_and_end(_ppo_metrics(run_dir, "ppo_ptx"), "rm_score")
+  assert rm_end > rm_start + 0.1, (rm_start, rm_end)
+
+
 def test_rerun_reuses_finished_stages(quick_run, capsys):
   config, run_dir, results = quick_run
   times = dict(results["stage_times_s"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
 
 import pytest
 
-from instructjax.data.testbed import pretraining, splits, tasks
+from instructjax.data.testbed import pretraining, splits, tasks, world
 from instructjax.data.testbed.splits import TestbedSizes
 
 SMALL = TestbedSizes(pretrain=300, pretrain_heldout=50, sft=60, rm_train=60, rm_eval=20,
@@ -158,9 +159,33 @@ def test_write_testbed(tmp_path):
     assert row["response"].startswith(" ") and "<|endoftext|>" not in row["response"]
 
 
+def test_demonstrations_carry_remarks_at_the_asked_rate(tmp_path):
+  sizes = TestbedSizes(**{**SMALL.__dict__, "sft": 400, "remark_fraction": 0.6})
+  tb = splits.build_testbed(seed=2, sizes=sizes)
+  with_remark = 0
+  for example, response in zip(tb.sft, tb.sft_responses):
+    assert response.startswith(example.answer)
+    remark = response[len(example.answer):]
+    if remark:
+      with_remark += 1
+      assert remark[1:] in world.REMARKS
+      # The gold score charges the remark's words as extra words.
+      assert tasks.score(example, response) == pytest.approx(
+          1.0 - tasks.EXTRA_WORD_PENALTY * len(remark.split()))
+  assert 0.5 < with_remark / len(tb.sft) < 0.7  # 240 expected of 400; sd ~10
+  rows = [json.loads(line) for line in
+          splits.write_testbed(tb, tmp_path)["sft"].read_text().splitlines()]
+  assert [r["response"] for r in rows] == list(tb.sft_responses)
+  # Remarks change the demonstrations only: the prompts are those drawn without them.
+  assert tb.sft == splits.build_testbed(seed=2, sizes=dataclasses.replace(
+      sizes, remark_fraction=0.0)).sft
+
+
 def test_bad_sizes_are_rejected():
   with pytest.raises(ValueError, match="sft=0 must be >= 1"):
     TestbedSizes(sft=0)
+  with pytest.raises(ValueError, match=r"remark_fraction=1\.5 must be in \[0, 1\]"):
+    TestbedSizes(remark_fraction=1.5)
   with pytest.raises(ValueError, match="min_responses=5 <= max_responses=4"):
     TestbedSizes(min_responses=5, max_responses=4)
 

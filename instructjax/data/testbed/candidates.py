@@ -24,8 +24,11 @@ def _respond(words: _Words) -> str:
 
 
 def _chatter(rng: random.Random) -> str:
-  """What a model might write after its answer."""
-  if rng.random() < 0.5:
+  """What a model might write after its answer: a remark, a sentence, the next task."""
+  kind = rng.randrange(3)
+  if kind == 0:
+    return " " + rng.choice(world.REMARKS)
+  if kind == 1:
     return " " + world.sentence(rng)
   return "\n" + tasks.sample_example(rng).instruction_line
 
@@ -101,6 +104,15 @@ _KINDS: tuple[Callable[[Example, random.Random], str | None], ...] = (
     _ideal, _drop_word, _swap_words, _wrong_word, _truncated, _copy_input,
     _answer_then_chatter, _near_miss_then_chatter, _continuation, _unrelated,
     _nearly_empty)
+
+
+def demonstration(example: Example, rng: random.Random, *, remark_fraction: float) -> str:
+  """A demonstrator's response: the ideal answer, followed with probability
+  remark_fraction by a polite remark (world.REMARKS) that the gold score counts as extra
+  words. SFT copies the habit; labelers' rankings penalise it."""
+  if rng.random() < remark_fraction:
+    return example.answer + " " + rng.choice(world.REMARKS)
+  return example.answer
 
 
 def candidate_responses(example: Example, rng: random.Random, *, k: int) -> list[str]:

@@ -45,10 +45,16 @@ class TestbedSizes:
   heldout_labelers: int = 3
   min_responses: int = 4  # K, responses ranked per prompt, is drawn from
   max_responses: int = 9  # [min_responses, max_responses] (the paper's 4..9)
+  # Share of demonstrations whose writer added a polite remark after the answer (the
+  # gold score counts it as extra words): the habit SFT learns and RLHF should unlearn.
+  remark_fraction: float = 0.0
 
   def __post_init__(self):
     problems = [f"{f.name}={getattr(self, f.name)} must be >= 1"
-                for f in dataclasses.fields(self) if getattr(self, f.name) < 1]
+                for f in dataclasses.fields(self)
+                if f.name != "remark_fraction" and getattr(self, f.name) < 1]
+    if not 0.0 <= self.remark_fraction <= 1.0:
+      problems.append(f"remark_fraction={self.remark_fraction} must be in [0, 1]")
     if not 2 <= self.min_responses <= self.max_responses:
       problems.append(f"need 2 <= min_responses={self.min_responses} <= "
                       f"max_responses={self.max_responses}")
@@ -79,6 +85,7 @@ class Testbed:
   pretrain: tuple[str, ...]
   pretrain_heldout: tuple[str, ...]
   sft: tuple[Example, ...]
+  sft_responses: tuple[str, ...]  # the demonstrations as written, remarks included
   rm_train: tuple[Ranking, ...]
   rm_eval: tuple[Ranking, ...]
   ppo_prompts: tuple[Example, ...]
@@ -100,7 +107,7 @@ class Testbed:
   def texts(self) -> list[str]:
     """Every training text of the testbed (held-out documents aside), for a tokenizer."""
     out = list(self.pretrain)
-    out += [e.prompt + e.answer for e in self.sft]
+    out += [e.prompt + r for e, r in zip(self.sft, self.sft_responses)]
     out += [e.prompt for e in self.ppo_prompts + self.eval_prompts]
     for ranking in self.rm_train + self.rm_eval:
       out += [ranking.example.prompt + r for r in ranking.responses]
@@ -157,6 +164,11 @@ def build_testbed(*, seed: int, sizes: TestbedSizes = TestbedSizes()) -> Testbed
   rm_eval_examples = _draw_examples(stream("rm_eval"), sizes.rm_eval, taken)
   ppo_prompts = _draw_examples(stream("ppo"), sizes.ppo, taken)
 
+  demo_rng = stream("demonstrations")
+  sft_responses = tuple(
+      candidates.demonstration(e, demo_rng, remark_fraction=sizes.remark_fraction)
+      for e in sft)
+
   rng = stream("rankings")
   rm_train = tuple(r for e in rm_train_examples
                    for r in _rank(e, (rng.choice(train_pool),), rng, sizes))
@@ -170,6 +182,7 @@ def build_testbed(*, seed: int, sizes: TestbedSizes = TestbedSizes()) -> Testbed
                                   reserved=taken, exclude=set(pretrain_texts))
   return Testbed(seed=seed, sizes=sizes, labelers=pool, pretrain=pretrain_texts,
                  pretrain_heldout=tuple(d.text for d in heldout), sft=sft,
+                 sft_responses=sft_responses,
                  rm_train=rm_train, rm_eval=rm_eval, ppo_prompts=ppo_prompts,
                  eval_prompts=eval_prompts)
 
@@ -187,7 +200,8 @@ def write_testbed(testbed: Testbed, directory: str | os.PathLike) -> dict[str, p
   splits = {
       "pretrain": [{"text": t} for t in testbed.pretrain],
       "pretrain_heldout": [{"text": t} for t in testbed.pretrain_heldout],
-      "sft": [{"prompt": e.prompt, "response": e.answer} for e in testbed.sft],
+      "sft": [{"prompt": e.prompt, "response": r}
+              for e, r in zip(testbed.sft, testbed.sft_responses)],
       "rm_train": [r.record() for r in testbed.rm_train],
       "rm_eval": [r.record() for r in testbed.rm_eval],
       "ppo_prompts": [{"prompt": e.prompt} for e in testbed.ppo_prompts],

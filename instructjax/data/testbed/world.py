@@ -68,6 +68,13 @@ def noun(rng: random.Random) -> str:
   return rng.choice(rng.choice((ANIMALS, FRUITS, OBJECTS)))
 
 
+# What a demonstrator or a model adds after an answer: polite, and no help to the reader.
+# All start with "i", so a policy that copies the habit more often than not writes one
+# even when decoding greedily.
+REMARKS = ("i hope this helps.", "i think this is right.", "i am glad to help.",
+           "i did my best here.")
+
+
 def sentence(rng: random.Random) -> str:
   """One plain sentence about the world, ending with a full stop."""
   kind = rng.randrange(6)

@@ -12,10 +12,11 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The longest files start first, so that with `pytest -n 2 --dist loadfile` the two
+# The longest files start first, so that with `pytest -n 2 --dist loadfile
+# --no-loadscope-reorder` (xdist would otherwise order files by test count) the two
 # workers finish together instead of one running the end-to-end tests alone at the end.
-_SLOW_FIRST = ("test_pipeline.py", "test_ppo_program.py", "test_notebooks.py",
-               "test_resume.py", "test_steps_sharded.py", "test_ppo_step.py")
+_SLOW_FIRST = ("test_resume.py", "test_pipeline.py", "test_notebooks.py",
+               "test_ppo_program.py", "test_steps_sharded.py", "test_ppo_step.py")
 
 
 def pytest_collection_modifyitems(items):

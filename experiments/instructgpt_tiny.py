@@ -2,7 +2,7 @@
 
 Run the whole pipeline (about 10 minutes on 2 CPU cores):
   python -m instructjax.pipeline --workdir=runs/demo
-The variant the tests run (under 3 minutes):
+The variant the tests run (minutes; PPO already beats SFT on its rollouts):
   python -m instructjax.pipeline --config=experiments/instructgpt_tiny.py:quick --workdir=runs/quick
 One stage alone, with an override:
   python -m instructjax.sft --config=experiments/instructgpt_tiny.py --workdir=runs/demo \

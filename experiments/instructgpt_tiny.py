@@ -124,12 +124,12 @@ def get_config(variant: str = ""):
   config.log = ml_collections.ConfigDict(dict(tensorboard=True, wandb_project=""))
 
   if variant == "quick":  # what the tests run: minutes; RLHF's first effect, not all claims
-    for section, steps in (("pretrain", 200), ("pretrain_big", 100), ("sft", 150), ("rm", 60)):
+    for section, steps in (("pretrain", 200), ("pretrain_big", 40), ("sft", 150), ("rm", 60)):
       config[section].update(steps=steps, eval_every=steps // 2, checkpoint_every=steps // 2,
                              warmup_steps=10)
     config.ppo.update(iterations=12, rollout_batch_size=32, minibatch_size=16,
                       ptx_batch_size=8, lr=3e-4, ptx_coef=1.0, checkpoint_every=6)
-    config.eval.prompts = 64
+    config.eval.prompts = 32
     config.data.testbed.update(pretrain=5_000, pretrain_heldout=200, sft=300, rm_train=300,
                                rm_eval=64, ppo=400, eval=64)
   elif variant == "test":  # seconds per stage: for tests of the programs' plumbing

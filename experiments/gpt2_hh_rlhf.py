@@ -37,8 +37,9 @@ EOF
 python - <<'EOF'
 from instructjax import stage_export
 from instructjax.models import from_hf
-_, params = from_hf("gpt2")
-stage_export.save_export("runs/gpt2_hh/pretrain", params, stage="pretrain", card={})
+model, params = from_hf("gpt2")
+stage_export.save_export("runs/gpt2_hh/pretrain", params, stage_export.ExportCard(
+    stage="pretrain", model=model.config.__dict__, steps=0))
 EOF
 2-4. SFT, the reward model, then PPO and PPO-ptx (each resumes if interrupted):
      python -m instructjax.sft --config=experiments/gpt2_hh_rlhf.py:gpu \
@@ -146,6 +147,7 @@ def get_config(variant: str = ""):
       minibatch_size=64,  # (paper: 64)
       epochs=1,  # passes over each rollout (paper: 1)
       lr=1e-5 if medium else 1.5e-5,
+      warmup_steps=10,  # optimizer steps of linear warmup, then cosine decay to 10%
       value_lr_scale=1.0,  # value-model learning rate = lr * this
       kl_coef=0.02,  # beta (paper: 0.02)
       adaptive_kl=False,  # Ziegler et al. controller instead of a fixed beta (paper: fixed)

@@ -18,8 +18,9 @@ Check the config first (seconds; no weights, no data; see instructjax/dry_run.py
 python - <<'EOF'
 from instructjax import stage_export
 from instructjax.models import from_hf
-_, params = from_hf("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T")
-stage_export.save_export("runs/llama_hh/pretrain", params, stage="pretrain", card={})
+model, params = from_hf("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T")
+stage_export.save_export("runs/llama_hh/pretrain", params, stage_export.ExportCard(
+    stage="pretrain", model=model.config.__dict__, steps=0))
 EOF
 2-4. SFT, the reward model, then PPO and PPO-ptx (each resumes if interrupted):
      python -m instructjax.sft --config=experiments/llama_hh_rlhf.py:gpu \
@@ -124,6 +125,7 @@ def get_config(variant: str = ""):
       minibatch_size=64,  # (paper: 64)
       epochs=1,  # passes over each rollout (paper: 1)
       lr=5e-6,
+      warmup_steps=10,  # optimizer steps of linear warmup, then cosine decay to 10%
       value_lr_scale=1.0,  # value-model learning rate = lr * this
       kl_coef=0.02,  # beta (paper: 0.02)
       adaptive_kl=False,  # Ziegler et al. controller instead of a fixed beta (paper: fixed)

@@ -15,14 +15,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from instructjax import sharding
+
 
 class CheckpointError(RuntimeError):
   """No checkpoint could be restored, or one belongs to another stage."""
-
-
-def _abstract(tree, shardings):
-  return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 class Checkpointer:
@@ -44,15 +41,12 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       extra=ocp.args.JsonSave(extra)), force=force)
 
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
   def restore_latest(self, state_template: Any, shardings: Any):
     """-> (state, extra, step) from the newest good checkpoint, or None if there is none.
 
     state_template gives shapes/dtypes (it may be abstract); shardings where to put them.
     """
-    abstract = _abstract(state_template, shardings)
+    abstract = sharding.abstract_tree(state_template, shardings)
     steps = sorted(self._manager.all_steps(), reverse=True)
     damaged = []
     for i, step in enumerate(steps):
@@ -96,9 +90,6 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("instructjax_checkpoints_set_aside")
     self._manager.reload()
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -1,13 +1,15 @@
-"""Command-line flags shared by the stage programs: --config (ml_collections) and
---workdir. Overrides follow the config file: --config.sft.lr=3e-4. An override of a field
-the config does not have stops the program before anything runs, with a one-line message
-naming the section and its fields."""
+"""The stage programs' command line: --config (ml_collections), --workdir, --distributed,
+--stage. Nothing here runs at import: the flags are defined by `main`, which only a
+program's `python -m` entry point calls. Overrides follow the config file:
+--config.sft.lr=3e-4. An override of a field the config does not have stops the program
+before anything runs, with a one-line message naming the section and its fields."""
 
 from __future__ import annotations
 
 import difflib
 import re
 import sys
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -48,7 +50,7 @@ def _unknown_override(config, paths) -> str | None:
   return None
 
 
-def _define_config_flag() -> flags.FlagHolder:
+def define_config_flag() -> flags.FlagHolder:
   """--config, where an unknown override is a flags error naming the field.
 
   ml_collections applies the overrides while it parses the flag, and one naming a field
@@ -82,25 +84,34 @@ def _define_config_flag() -> flags.FlagHolder:
   return holder
 
 
-_CONFIG = _define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "the run's directory")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "multi-host run: call jax.distributed.initialize() first (it "
-    "reads the coordinator from the TPU / SLURM / JAX_COORDINATOR_ADDRESS environment)")
-_STAGE = flags.DEFINE_string(
-    "stage", "", "which stage a program runs: instructjax.sft takes pretrain, pretrain_big "
-    "or sft (default); instructjax.ppo takes ppo (default) or ppo_ptx")
+def main(run: Callable[..., Any], *, stages: Sequence[str] = (),
+         default_stage: str = "") -> None:
+  """A stage program's command line: defines --config, --workdir, --distributed (and
+  --stage when the program trains several stages), parses argv, and calls
+  run(config, workdir) or run(config, workdir, stage=...). Flags exist only once this
+  runs, so importing a program defines none."""
+  config_flag = define_config_flag()
+  workdir_flag = flags.DEFINE_string("workdir", "runs/demo", "the run's directory")
+  distributed_flag = flags.DEFINE_bool(
+      "distributed", False, "multi-host run: call jax.distributed.initialize() first (it "
+      "reads the coordinator from the TPU / SLURM / JAX_COORDINATOR_ADDRESS environment)")
+  stage_flag = None
+  if stages:
+    stage_flag = flags.DEFINE_enum("stage", default_stage, list(stages),
+                                   "which stage this program runs")
 
-
-def stage(default: str) -> str:
-  return _STAGE.value or default
-
-
-def config_and_workdir():
-  """The parsed, validated config and the absolute run directory (call inside main)."""
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  config = _CONFIG.value
-  validate(config)
-  return config, check_workdir(_WORKDIR.value)
+  def program(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    if distributed_flag.value:
+      jax.distributed.initialize()
+    config = config_flag.value
+    validate(config)
+    workdir = check_workdir(workdir_flag.value)
+    if stage_flag is None:
+      run(config, workdir)
+    else:
+      run(config, workdir, stage=stage_flag.value)
+  # absl.app defines flags of its own (--pdb, profiling) when imported: only here.
+  from absl import app  # pylint: disable=import-outside-toplevel
+  app.run(program)

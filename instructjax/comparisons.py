@@ -13,8 +13,9 @@ import random
 
 import jax
 
-from instructjax import evaluation, sampling
+from instructjax import sampling
 from instructjax.data import records, tokenize
+from instructjax.evaluation import measures
 
 
 def with_policy_samples(rankings, labelers, policy, params, tokenizer, *, fraction: float,
@@ -28,7 +29,7 @@ def with_policy_samples(rankings, labelers, policy, params, tokenizer, *, fracti
   config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                    eos_id=tokenize.eos_id(tokenizer),
                                    pad_id=tokenize.pad_id(tokenizer))
-  samples = evaluation.sample_responses(
+  samples = measures.sample_responses(
       policy, params, [rankings[i].example.prompt for i, _ in wanted], tokenizer,
       sampling_config=config, batch_size=64, buckets=(prompt_len,), mesh=mesh,
       rng=jax.random.PRNGKey(seed))
@@ -51,9 +52,7 @@ def cached(path: str, build) -> list[records.RankingRecord]:
   if os.path.exists(path):
     return records.read_jsonl(path, "ranking").records
   rows = build()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  records.write_jsonl(path + ".tmp", rows)
-  os.replace(path + ".tmp", path)
+  records.write_jsonl(path, rows)
   return rows
 
 

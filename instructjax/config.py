@@ -13,11 +13,11 @@ import os
 
 import ml_collections
 
-from instructjax.models.config import ModelConfig
+from instructjax.models.model_config import ModelConfig
 
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-    "instructgpt_tiny.py")
+# Inside the package, so `pip install .` carries it (experiments/ is not installed).
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
+                              "instructgpt_tiny.py")
 
 
 class ConfigError(ValueError):

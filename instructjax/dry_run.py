@@ -6,9 +6,9 @@
 
 Builds the train states with `jax.eval_shape` (nothing is allocated) and the batches as
 `jax.ShapeDtypeStruct`s laid out as the stage programs lay them out, then lowers (and,
-where it is affordable, compiles) the same jitted functions the programs run: the SFT
-step, the reward-model step, the PPO rollout and the PPO step (PPO-ptx's, with its
-pretraining batch, when config.ppo.ptx_coef > 0). Batches take the largest shapes a run
+where it is affordable, compiles) the functions the programs run, built by the programs' own builders: the SFT step, the
+reward-model step, the PPO sampler and rollout scorer, and the PPO step (PPO-ptx's, with
+its pretraining batch, when config.ppo.ptx_coef > 0). Batches take the largest shapes a run
 can see (the longest bucket, the configured batch sizes), so shape, sharding and config
 errors show up before a run starts rather than an hour into it. Prints one line per
 step: lowering and compile time, the parameters it trains, the bytes per device of the
@@ -28,27 +28,21 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags, logging
-from flax.core import meta
+from absl import flags, logging
 from jax.sharding import AbstractMesh, Mesh
 
-from instructjax import cli  # noqa: F401  (defines --config)
-from instructjax import ppo as ppo_program
-from instructjax import sampling, sharding
+from instructjax import cli, ppo, reward, sft, sharding
 from instructjax.config import ConfigError, model_config, validate
 from instructjax.data.batches import RankingBatch, TokenBatch
 from instructjax.models import CausalLM, ScalarModel
-from instructjax.rollout import make_rollout
-from instructjax.sft import make_init_state
-from instructjax.steps.reward_step import reward_step
-from instructjax.steps.sft_step import sft_step
+from instructjax.train_state import make_init_state
 
-STEPS = ("sft_step", "reward_step", "rollout", "ppo_step")
+STEPS = ("sft_step", "reward_step", "sample", "score", "ppo_step")
 MODES = ("auto", "lower", "compile")
 # "auto" on a CPU compiles policies up to this size; XLA:CPU takes minutes beyond it.
 CPU_COMPILE_MAX_PARAMS = 50_000_000
@@ -115,19 +109,11 @@ def check_fits(config: ml_collections.ConfigDict, mesh) -> None:
         f"model.max_len={config.model.max_len} learned positions")
 
 
-def _abstract_state(init_fn: Callable[[jax.Array], Any], mesh):
-  """init_fn(rng)'s output as ShapeDtypeStructs with their shardings; nothing computed."""
-  boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  sharding.check_partitioning(boxed.params, mesh)
-  shardings = sharding.logical_shardings(boxed, mesh)
-  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                       meta.unbox(boxed), shardings)
-  return state, shardings
-
-
 def _batch(shape: tuple[int, ...], dtype, mesh) -> jax.ShapeDtypeStruct:
-  """A batch-major array laid out as `sharding.shard_batch` lays it out."""
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+  """A batch-major array laid out as `sharding.shard_batch` lays it out (a scalar, as a
+  jit's output leaves it: replicated)."""
+  layout = sharding.batch_sharding(mesh, len(shape)) if shape else sharding.replicated(mesh)
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=layout)
 
 
 def _token_batch(batch_size: int, length: int, mesh) -> TokenBatch:
@@ -154,14 +140,17 @@ class _Step:
   state: Any  # all it carries from step to step: params, optimizer state, EMA
 
 
+def _abstract_state(init_fn, mesh):
+  return sharding.abstract_init(init_fn, mesh, jax.random.PRNGKey(0))
+
+
 def _sft_step(config, mesh) -> _Step:
   train = config.sft
   model = CausalLM(model_config(config.model, field="config.model"))
   buckets = tuple(config.data.buckets)
   state, shardings = _abstract_state(make_init_state(model, train, buckets[0]), mesh)
-  fn = jax.jit(functools.partial(sft_step, accum_steps=train.accum_steps),
-               out_shardings=(shardings, None), donate_argnums=0)
-  return _Step(fn, (state, _token_batch(train.batch_size, buckets[-1], mesh)), {},
+  return _Step(sft.build_step(train, shardings),
+               (state, _token_batch(train.batch_size, buckets[-1], mesh)), {},
                state.params, state)
 
 
@@ -186,57 +175,62 @@ def _reward_step(config, mesh) -> _Step:
                        token_mask=_batch((b, k, t), jnp.int32, mesh),
                        response_mask=_batch((b, k), jnp.int32, mesh),
                        labeler=_batch((b,), jnp.int32, mesh))
-  fn = jax.jit(functools.partial(reward_step, accum_steps=train.accum_steps),
-               out_shardings=(shardings, None), donate_argnums=0)
-  return _Step(fn, (state, batch), {}, state.params, state)
+  return _Step(reward.build_step(train, shardings), (state, batch), {}, state.params, state)
 
 
-def _ppo_state(config, mesh, policy, scalar):
-  """The PPO train state as `instructjax.ppo.run` builds it, abstract."""
-  ppo = config.ppo
-  total_steps = ppo.iterations * ppo.epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
-  tx = ppo_program.make_optimizer(ppo, total_steps)
-  init_state = ppo_program.make_init_state(policy, scalar, tx, ppo)
-  return _abstract_state(init_state, mesh)
+def _laid_out(shapes, mesh):
+  """A jit's output shapes as the next function receives them: batch-major, sharded."""
+  return jax.tree.map(lambda s: _batch(s.shape, s.dtype, mesh), shapes)
 
 
-def _ppo_steps(config, mesh) -> tuple[_Step, Callable[[Any], _Step]]:
-  """The rollout, and a function from the rollout's output shapes to the PPO step."""
-  ppo = config.ppo
-  cfg = model_config(config.model, field="config.model")
-  policy, scalar = CausalLM(cfg), ScalarModel(cfg)
-  state, shardings = _ppo_state(config, mesh, policy, scalar)
-  # The frozen reference and reward model have the policy's and value model's layout.
-  frozen = {"policy": state.params["policy"], "value": state.params["value"],
-            "ref": state.params["policy"], "reward": state.params["value"]}
-  n, prompt_len = ppo.rollout_batch_size, config.data.max_prompt_len
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
-  args = (frozen, _batch((n, prompt_len), jnp.int32, mesh),
-          _batch((n, prompt_len), jnp.int32, mesh), _batch((n,), jnp.int32, mesh), key,
-          state.kl_coef)
-  # Token ids come from the tokenizer, which a dry run does not load; their values
-  # change nothing that is compiled.
-  sampling_config = sampling.SamplingConfig(
-      max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
-      eos_id=cfg.vocab_size - 1, pad_id=0)
-  kwargs = dict(policy=policy, value_model=scalar, reward_model=scalar,
-                sampling_config=sampling_config, reward_bias=0.0, gamma=ppo.gamma,
-                lam=ppo.gae_lambda, whiten_rewards=ppo.whiten_rewards,
-                no_eos_penalty=ppo.no_eos_penalty)
-  rollout = _Step(make_rollout, args, kwargs, frozen, frozen)
+class _PPOSteps:
+  """The PPO iteration's three functions as `instructjax.ppo` builds them, abstract.
+  Each takes the previous one's output shapes, as in a run."""
 
-  def update(rollout_shapes) -> _Step:
+  def __init__(self, config, mesh):
+    self.config, self.mesh = config, mesh
+    cfg = model_config(config.model, field="config.model")
+    self.policy, self.scalar = CausalLM(cfg), ScalarModel(cfg)
+    self.state, self.shardings = _abstract_state(
+        ppo.make_init_state(config.ppo, self.policy, self.scalar), mesh)
+    n, prompt_len = config.ppo.rollout_batch_size, config.data.max_prompt_len
+    self.prompt_mask = _batch((n, prompt_len), jnp.int32, mesh)
+    self.prompt_tokens, self.example_index = self.prompt_mask, _batch((n,), jnp.int32, mesh)
+    # The frozen reference and reward model have the policy's and value model's layout.
+    params = self.state.params
+    self.frozen = {"policy": params["policy"], "value": params["value"],
+                   "ref": params["policy"], "reward": params["value"]}
+
+  def sample(self, shapes=None) -> _Step:
+    del shapes  # the first of the three: its inputs are the prompts
+    # Token ids come from the tokenizer, which a dry run does not load; their values
+    # change nothing that is compiled.
+    sampler = ppo.build_sampler(self.config.ppo, self.policy,
+                                eos_id=self.policy.config.vocab_size - 1, pad_id=0)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(self.mesh))
+    params = self.state.params["policy"]
+    return _Step(jax.jit(sampler), (params, self.prompt_tokens, self.prompt_mask, key), {},
+                 params, params)
+
+  def score(self, sample_shapes) -> _Step:
+    scorer = ppo.build_scorer(self.config.ppo, self.policy, self.scalar, reward_bias=0.0)
+    args = (self.frozen, _laid_out(sample_shapes, self.mesh), self.prompt_mask,
+            self.example_index, self.state.kl_coef)
+    return _Step(jax.jit(scorer), args, {}, self.frozen, self.frozen)
+
+  def update(self, rollout_shapes) -> _Step:
+    ppo_cfg = self.config.ppo
     minibatch = jax.tree.map(
-        lambda s: _batch((ppo.minibatch_size, *s.shape[1:]), s.dtype, mesh), rollout_shapes)
+        lambda s: _batch((ppo_cfg.minibatch_size, *s.shape[1:]), s.dtype, self.mesh),
+        rollout_shapes)
     # PPO-ptx when the config has a ptx coefficient: its step is plain PPO's plus a
     # pretraining forward/backward.
-    ptx = (_token_batch(ppo.ptx_batch_size, config.data.buckets[-1], mesh)
-           if ppo.ptx_coef > 0 else None)
-    fn = jax.jit(ppo_program.make_update_step(ppo, policy, scalar, prompt_len=prompt_len,
-                                              ptx_coef=ppo.ptx_coef),
-                 out_shardings=(shardings, None), donate_argnums=0)
-    return _Step(fn, (state, minibatch, ptx), {}, state.params, state)
-  return rollout, update
+    ptx = (_token_batch(ppo_cfg.ptx_batch_size, self.config.data.buckets[-1], self.mesh)
+           if ppo_cfg.ptx_coef > 0 else None)
+    fn = ppo.build_update(ppo_cfg, self.policy, self.scalar,
+                          prompt_len=self.config.data.max_prompt_len,
+                          ptx_coef=ppo_cfg.ptx_coef, state_shardings=self.shardings)
+    return _Step(fn, (self.state, minibatch, ptx), {}, self.state.params, self.state)
 
 
 def _memory(compiled) -> dict[str, int] | None:
@@ -327,30 +321,38 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "aut
     reports["sft_step"], _ = run("sft_step", _sft_step(config, mesh))
   if "reward_step" in steps:
     reports["reward_step"], _ = run("reward_step", _reward_step(config, mesh))
-  if "rollout" in steps or "ppo_step" in steps:
-    rollout, make_update = _ppo_steps(config, mesh)
-    if "rollout" in steps:
-      reports["rollout"], rollout_shapes = run("rollout", rollout)
-    else:  # the PPO step's minibatches are slices of a rollout: its shapes are needed
-      rollout_shapes = rollout.fn.trace(*rollout.args, **rollout.kwargs).out_info
-    if "ppo_step" in steps:
-      reports["ppo_step"], _ = run("ppo_step", make_update(rollout_shapes))
+  last = max(STEPS.index(name) for name in steps)
+  if last >= STEPS.index("sample"):
+    ppo_steps = _PPOSteps(config, mesh)
+    shapes = None  # each function's output shapes are the next one's input
+    for name, make in (("sample", ppo_steps.sample), ("score", ppo_steps.score),
+                       ("ppo_step", ppo_steps.update)):
+      if STEPS.index(name) > last:
+        break
+      step = make(shapes)
+      if name in steps:
+        reports[name], shapes = run(name, step)
+      else:  # not asked for, but a later one needs its output shapes
+        shapes = step.fn.trace(*step.args, **step.kwargs).out_info
   return reports
 
 
-_MODE = flags.DEFINE_enum("mode", "auto", list(MODES), "lower only, compile, or choose")
-_STEPS = flags.DEFINE_multi_enum("steps", list(STEPS), list(STEPS), "the steps to check")
-_PLATFORM = flags.DEFINE_string(
-    "platform", None, "platform to lower for when the mesh needs more devices than exist")
+def main() -> None:
+  """The command line; flags are defined here, so importing this module defines none."""
+  config_flag = cli.define_config_flag()
+  mode = flags.DEFINE_enum("mode", "auto", list(MODES), "lower only, compile, or choose")
+  which = flags.DEFINE_multi_enum("steps", list(STEPS), list(STEPS), "the steps to check")
+  platform = flags.DEFINE_string(
+      "platform", None, "platform to lower for when the mesh needs more devices than exist")
 
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  # --config is instructjax.cli's flag; --workdir is not read: a dry run writes nothing.
-  dry_run(flags.FLAGS.config, mode=_MODE.value, steps=_STEPS.value,
-          platform=_PLATFORM.value)
+  def program(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    dry_run(config_flag.value, mode=mode.value, steps=which.value, platform=platform.value)
+  # absl.app defines flags of its own (--pdb, profiling) when imported: only here.
+  from absl import app  # pylint: disable=import-outside-toplevel
+  app.run(program)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

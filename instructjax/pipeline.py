@@ -3,35 +3,27 @@
   python -m instructjax.pipeline --workdir=runs/demo
   python -m instructjax.pipeline --config=experiments/instructgpt_tiny.py:quick --workdir=runs/quick
 
-Stages, each in WORKDIR/<stage>: pretrain (the small vanilla LM), pretrain_big (a larger
-one), sft, rm, ppo, ppo_ptx; then eval/results.json and the report (report.md,
-report.html, claims.json, plots). Rerunning after an interruption resumes the stage that
-was running and reuses the finished ones.
+Stages, each in WORKDIR/<stage>, in the order of `instructjax.stage_table.STAGES`:
+pretrain (the small vanilla LM), pretrain_big (a larger one), sft, rm, ppo, ppo_ptx;
+then eval/results.json and the report (report.md, report.html, claims.json, plots).
+Rerunning after an interruption resumes the stage that was running and reuses the
+finished ones.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
 
 import ml_collections
-from absl import app
 
-from instructjax import cli, claims, final_eval, ppo, report, reward, sft, stage_export
+from instructjax import cli, stage_export, stage_table
+from instructjax.atomic_write import write_json
 from instructjax.config import model_config
 from instructjax.data import sources
-
-STAGES = ("pretrain", "pretrain_big", "sft", "rm", "ppo", "ppo_ptx")
-
-
-def _run_stage(config, run_dir: str, stage: str) -> None:
-  if stage in sft.STAGES:
-    sft.run(config, run_dir, stage=stage)
-  elif stage == "rm":
-    reward.run(config, run_dir)
-  else:
-    ppo.run(config, run_dir, stage=stage)
+from instructjax.evaluation import claims, final_eval, report
 
 
 class StageTimes:
@@ -46,9 +38,12 @@ class StageTimes:
 
   def add(self, stage: str, seconds: float) -> None:
     self.times[stage] = self.times.get(stage, 0.0) + seconds
-    with open(self.path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(self.times, f, indent=2)
-    os.replace(self.path + ".tmp", self.path)
+    write_json(self.path, self.times)
+
+
+def run_stage(config: ml_collections.ConfigDict, run_dir: str, stage: stage_table.Stage):
+  """Runs one stage with the program the stage table names."""
+  return importlib.import_module(stage.program).run(config, run_dir, stage=stage.name)
 
 
 def _ppo_curve(run_dir: str, stage: str) -> list[dict]:
@@ -62,21 +57,38 @@ def _ppo_curve(run_dir: str, stage: str) -> list[dict]:
   return [curve[k] for k in sorted(curve)]  # a resumed run may repeat iterations
 
 
+def evaluate(config: ml_collections.ConfigDict, run_dir: str) -> dict:
+  """The final evaluation of every model, plus compute, RM accuracy, PPO curves and the
+  claims judged on them: the content of eval/results.json."""
+  results = final_eval.evaluate_all(config, run_dir)
+  params = {name: model_config(config[name], field=f"config.{name}").num_params()
+            for name in ("model", "big_model")}
+  rm_card = stage_export.read_card(os.path.join(run_dir, "rm"), expected_stages=("rm",))
+  results.update(
+      config=config.to_dict(),
+      flops=claims.training_flops(config, params),
+      rm_accuracy={group: rm_card.final_eval.get(f"accuracy_{group}")
+                   for group in final_eval.LABELER_GROUPS},
+      ppo_curves={s: _ppo_curve(run_dir, s) for s in stage_table.run_by("instructjax.ppo")})
+  results["claims"] = claims.evaluate_claims(results)
+  return results
+
+
 def run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
-  """Runs every stage (reusing finished ones), evaluates, reports; -> the claims."""
+  """Runs every stage (reusing finished ones), evaluates, reports; -> the results."""
   os.makedirs(run_dir, exist_ok=True)
   times = StageTimes(run_dir)
   start = time.time()
   sources.load_data(config, run_dir)  # the testbed, generated once
   times.add("testbed", time.time() - start)
-  for i, stage in enumerate(STAGES):
-    print(f"=== stage {i + 1}/{len(STAGES)}: {stage} ===", flush=True)
-    if stage_export.is_exported(os.path.join(run_dir, stage)):
-      print(f"[{stage}] finished earlier, reused", flush=True)
+  for i, stage in enumerate(stage_table.STAGES):
+    print(f"=== stage {i + 1}/{len(stage_table.STAGES)}: {stage.name} ===", flush=True)
+    if stage_export.is_exported(os.path.join(run_dir, stage.name)):
+      print(f"[{stage.name}] finished earlier, reused", flush=True)
       continue
     start = time.time()
-    _run_stage(config, run_dir, stage)
-    times.add(stage, time.time() - start)
+    run_stage(config, run_dir, stage)
+    times.add(stage.name, time.time() - start)
 
   results_path = os.path.join(run_dir, "eval", "results.json")
   if os.path.exists(results_path):
@@ -85,22 +97,9 @@ def run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   else:
     print("=== evaluation ===", flush=True)
     start = time.time()
-    results = final_eval.evaluate_all(config, run_dir)
+    results = evaluate(config, run_dir)
     times.add("eval", time.time() - start)
-    params = {name: model_config(config[name], field=f"config.{name}").num_params()
-              for name in ("model", "big_model")}
-    rm_card = stage_export.read_card(os.path.join(run_dir, "rm"), expected_stages=("rm",))
-    results.update(
-        config=config.to_dict(),
-        flops=claims.training_flops(config, params),
-        rm_accuracy={"train_labelers": rm_card["final_eval"].get("accuracy_train_labelers"),
-                     "heldout_labelers": rm_card["final_eval"].get("accuracy_heldout_labelers")},
-        ppo_curves={s: _ppo_curve(run_dir, s) for s in ("ppo", "ppo_ptx")})
-    results["claims"] = claims.evaluate_claims(results)
-    os.makedirs(os.path.dirname(results_path), exist_ok=True)
-    with open(results_path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2, default=_json_default)
-    os.replace(results_path + ".tmp", results_path)
+    write_json(results_path, results, default=_json_default)
   results["stage_times_s"] = times.times
   paths = report.write_report(results, run_dir)
   print("=== claims ===", flush=True)
@@ -117,11 +116,5 @@ def _json_default(value):
   raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def main(argv):
-  del argv
-  config, run_dir = cli.config_and_workdir()
-  run(config, run_dir)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run)

@@ -5,42 +5,52 @@
 
 The policy starts from WORKDIR/sft, the value model from WORKDIR/rm (a separate trunk);
 the frozen SFT policy is the KL reference and the frozen RM the reward. Each iteration
-samples a rollout, then takes `epochs` x (rollout_batch_size / minibatch_size) PPO
-steps. Writes WORKDIR/<stage>/{metrics.jsonl, tensorboard/, checkpoints/, export/} and
-resumes from its last checkpoint (state, KL coefficient, data positions).
+is two named steps: `collect` samples a rollout and scores it, then `update` takes
+`epochs` x (rollout_batch_size / minibatch_size) PPO steps on it. Writes
+WORKDIR/<stage>/{metrics.jsonl, tensorboard/, checkpoints/, export/} and resumes from
+its last checkpoint (state, KL coefficient, data positions).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app
 
-from instructjax import cli, evaluation, rl, sampling, sharding, stage_export
-from instructjax.checkpoints import Checkpointer
+from instructjax import cli, rl, sampling, sharding, stage_export, stage_table
 from instructjax.config import ConfigError, model_config
-from instructjax.data import pipeline, sources, testbed, tokenize
+from instructjax.data import batching, sources, testbed, tokenize
+from instructjax.evaluation import measures
 from instructjax.models import CausalLM, ScalarModel
-from instructjax.rollout import rollout_stats, score_rollout
-from instructjax.run_log import RunLog, progress_bar
+from instructjax.optimizers import learning_rate_schedule
+from instructjax.rollout import Rollout, rollout_stats, score_rollout
+from instructjax.stage_loop import Cadence, Export, StageProgram, jit_step, run_stage, to_floats
 from instructjax.steps.ppo_step import PPOState, ppo_step
-from instructjax.train_loop import NonFiniteLossError, to_floats
 
-STAGES = ("ppo", "ppo_ptx")
+STAGES = stage_table.run_by("instructjax.ppo")
 
 
-def make_optimizer(ppo: ml_collections.ConfigDict, total_steps: int):
-  """Adam over {'policy', 'value'}; the value trunk's steps are value_lr_scale larger."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=ppo.lr, warmup_steps=min(10, total_steps - 1),
-      decay_steps=max(total_steps, 11), end_value=ppo.lr * 0.1)
+# ----------------------------------------------------------------------------- builders
+# What a run executes, built once from the config; the dry run lowers the same.
+
+
+def updates_per_iteration(ppo: ml_collections.ConfigDict) -> int:
+  return ppo.epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
+
+
+def make_optimizer(ppo: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam over {'policy', 'value'} on the usual warmup + cosine schedule over every update
+  of the run; the value trunk's steps are value_lr_scale larger."""
+  schedule = learning_rate_schedule(peak_lr=ppo.lr, warmup_steps=ppo.warmup_steps,
+                                    total_steps=ppo.iterations * updates_per_iteration(ppo))
 
   def scale_value(updates, state, params=None):
     del params
@@ -51,11 +61,9 @@ def make_optimizer(ppo: ml_collections.ConfigDict, total_steps: int):
                      optax.GradientTransformation(lambda _: optax.EmptyState(), scale_value))
 
 
-_rollout_stats = jax.jit(rollout_stats)
-
-
-def make_init_state(policy, scalar, tx, ppo: ml_collections.ConfigDict):
+def make_init_state(ppo: ml_collections.ConfigDict, policy, scalar):
   """rng -> a PPOState with freshly initialised (boxed) policy and value params."""
+  tx = make_optimizer(ppo)
   example = jnp.zeros((1, 8), jnp.int32)
 
   def init_state(rng):
@@ -68,176 +76,206 @@ def make_init_state(policy, scalar, tx, ppo: ml_collections.ConfigDict):
   return init_state
 
 
-def make_update_step(ppo: ml_collections.ConfigDict, policy, scalar, *, prompt_len: int,
-                     ptx_coef: float):
-  """ppo_step with this config's hyperparameters bound: (state, minibatch, ptx_batch)."""
+def build_sampler(ppo: ml_collections.ConfigDict, policy, *, eos_id: int, pad_id: int):
+  """(policy params, prompt_tokens [B, P], prompt_mask [B, P], rng) -> SampleOutput."""
+  config = sampling.SamplingConfig(max_new_tokens=ppo.max_new_tokens,
+                                   temperature=ppo.temperature, eos_id=eos_id, pad_id=pad_id)
+  return functools.partial(sampling.generate, policy, config=config)
+
+
+def build_scorer(ppo: ml_collections.ConfigDict, policy, scalar, *, reward_bias: float):
+  """(params {'policy', 'value', 'ref', 'reward'}, SampleOutput, prompt_mask, example_index,
+  kl_coef) -> Rollout: steps 2-6 of the rollout, one jit."""
   return functools.partial(
+      score_rollout, policy=policy, value_model=scalar, reward_model=scalar,
+      temperature=ppo.temperature, reward_bias=reward_bias, gamma=ppo.gamma,
+      lam=ppo.gae_lambda, whiten_rewards=ppo.whiten_rewards, no_eos_penalty=ppo.no_eos_penalty)
+
+
+def build_update(ppo: ml_collections.ConfigDict, policy, scalar, *, prompt_len: int,
+                 ptx_coef: float, state_shardings):
+  """The jitted PPO(-ptx) step: (state, minibatch Rollout, ptx TokenBatch | None)."""
+  return jit_step(functools.partial(
       ppo_step, policy=policy, value_model=scalar, prompt_len=prompt_len,
       temperature=ppo.temperature, clip_eps=ppo.clip_eps, value_clip=ppo.value_clip,
-      vf_coef=ppo.vf_coef, ptx_coef=ptx_coef, ema_decay=ppo.ema_decay)
+      vf_coef=ppo.vf_coef, ptx_coef=ptx_coef, ema_decay=ppo.ema_decay), state_shardings)
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+
+_rollout_stats = jax.jit(rollout_stats)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Experience:
+  """What `collect` uses besides the train state."""
+  sample: Callable[..., sampling.SampleOutput]  # build_sampler's
+  score: Callable[..., Rollout]  # build_scorer's
+  ref_params: Any  # the frozen SFT policy
+  reward_params: Any  # the frozen reward model
+  gold: Callable[[Rollout], float] | None  # the testbed's gold score of a rollout
+
+
+def collect(state: PPOState, batch, rng, *, experience: Experience):
+  """Samples a response to every prompt of batch and scores it.
+  -> (the Rollout on the host, its stats, the seconds each part took)."""
+  t0 = time.time()
+  sample = experience.sample(state.params["policy"], batch.prompt_tokens, batch.prompt_mask,
+                             rng)
+  jax.block_until_ready(sample)
+  t_sample = time.time() - t0
+  frozen = {"policy": state.params["policy"], "value": state.params["value"],
+            "ref": experience.ref_params, "reward": experience.reward_params}
+  rollout = experience.score(frozen, sample, batch.prompt_mask, batch.example_index,
+                             state.kl_coef)
+  stats = to_floats(_rollout_stats(rollout))
+  # One copy to the host; minibatches are cut there and placed back on the mesh.
+  # (Gathering them op by op on sharded arrays launched dozens of tiny collective
+  # programs per iteration, slow and, on faked CPU devices, prone to stalls.)
+  rollout = jax.device_get(rollout)
+  times = {"time_sample_s": t_sample, "time_score_s": time.time() - t0 - t_sample}
+  if experience.gold is not None:
+    stats["gold_score"] = experience.gold(rollout)
+  return rollout, stats, times
+
+
+def update(state: PPOState, rollout: Rollout, *, step, ptx, mesh,
+           ppo: ml_collections.ConfigDict, order: np.random.Generator):
+  """`epochs` passes over the rollout in shuffled minibatches, each with the next ptx
+  batch when ptx is given. -> (state, metrics averaged over the updates)."""
+  size = ppo.minibatch_size
+  metrics = []
+  for _ in range(ppo.epochs):
+    permutation = order.permutation(ppo.rollout_batch_size)
+    for start in range(0, ppo.rollout_batch_size, size):
+      idx = permutation[start:start + size]
+      minibatch = sharding.shard_batch(jax.tree.map(lambda x, i=idx: x[i], rollout), mesh)
+      ptx_batch = sharding.shard_batch(next(ptx), mesh) if ptx is not None else None
+      state, step_metrics = step(state, minibatch, ptx_batch)
+      metrics.append(step_metrics)
+  means = {k: float(np.mean([float(m[k]) for m in metrics])) for k in metrics[-1]}
+  means["consecutive_skips"] = int(metrics[-1]["consecutive_skips"])  # a count, not a mean
+  return state, means
+
+
+def adapt_kl(state: PPOState, kl_to_ref: float, *, ppo: ml_collections.ConfigDict,
+             sharding_of_kl):
+  """The Ziegler et al. controller's next beta when config.ppo.adaptive_kl; else as is.
+  -> (state, beta)."""
+  kl_coef = float(state.kl_coef)
+  if not ppo.adaptive_kl:
+    return state, kl_coef
+  kl_coef = float(rl.adaptive_kl_coef(kl_coef, observed_kl=kl_to_ref, target_kl=ppo.target_kl,
+                                      horizon=ppo.kl_horizon, n_steps=ppo.rollout_batch_size))
+  return state.replace(kl_coef=jax.device_put(jnp.asarray(kl_coef, jnp.float32),
+                                              sharding_of_kl)), kl_coef
+
+
+# ----------------------------------------------------------------------------- the program
 
 
 def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") -> str:
+  """Runs (or resumes, or skips if finished) PPO or PPO-ptx; returns its directory."""
   if stage not in STAGES:
     raise ValueError(f"unknown stage {stage!r}; known: {STAGES}")
+  if stage == "ppo_ptx" and config.ppo.ptx_coef <= 0:
+    raise ConfigError("config.ppo.ptx_coef must be > 0 for --stage=ppo_ptx")
+  return run_stage(stage, os.path.join(run_dir, stage),
+                   lambda: _program(config, run_dir, stage))
+
+
+def _gold_scorer(bed: testbed.Testbed, tokenizer, *, prompt_len: int):
+  """A rollout -> the mean gold score of its responses (testbed PPO prompts)."""
+  def gold(rollout: Rollout) -> float:
+    responses = measures.decode_responses(
+        tokenizer, rollout.tokens[:, prompt_len:], rollout.response_mask,
+        eos_id=tokenize.eos_id(tokenizer))
+    return float(np.mean([testbed.score(bed.ppo_prompts[int(i)], r)
+                          for i, r in zip(np.asarray(rollout.example_index), responses)]))
+  return gold
+
+
+def _iterators(config, data, *, ptx: bool) -> dict[str, batching.BatchIterator]:
+  ppo, tok = config.ppo, data.tokenizer
+  prompt_rows = data.read("ppo_prompts", skip_bad_rows=config.data.skip_bad_rows)
+  iterators = {"prompts": batching.BatchIterator(
+      prompt_rows, batching.PromptBatcher(tok, buckets=(config.data.max_prompt_len,)),
+      batch_size=ppo.rollout_batch_size, seed=config.seed)}
+  if ptx:
+    iterators["ptx"] = batching.BatchIterator(
+        data.read("pretrain"), batching.PretrainBatcher(tok, buckets=tuple(config.data.buckets)),
+        batch_size=ppo.ptx_batch_size, seed=config.seed + 1)
+  return iterators
+
+
+def _program(config, run_dir: str, stage: str) -> StageProgram:
   ppo = config.ppo
   ptx_coef = ppo.ptx_coef if stage == "ppo_ptx" else 0.0
-  if stage == "ppo_ptx" and ptx_coef <= 0:
-    raise ConfigError("config.ppo.ptx_coef must be > 0 for --stage=ppo_ptx")
-  stage_dir = os.path.join(run_dir, stage)
-  if stage_export.is_exported(stage_dir):
-    print(f"[{stage}] finished earlier: {stage_dir}", flush=True)
-    return stage_dir
   cfg = model_config(config.model, field="config.model")
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
   for field in ("rollout_batch_size", "minibatch_size", "ptx_batch_size"):
     sharding.check_batch_divides(ppo[field], mesh, field=f"config.ppo.{field}")
   policy, scalar = CausalLM(cfg), ScalarModel(cfg)
-  tok = data.tokenizer
-
-  # Frozen models: the SFT policy (reference) and the reward model with its bias.
+  tok, prompt_len = data.tokenizer, config.data.max_prompt_len
   ref_params, _ = stage_export.load_export(
       os.path.join(run_dir, "sft"), sharding.abstract_params(policy, mesh),
       expected_stages=("sft",))
   reward_params, rm_card = stage_export.load_export(
       os.path.join(run_dir, "rm"), sharding.abstract_params(scalar, mesh),
       expected_stages=("rm",))
-  reward_bias = float(rm_card["reward_bias"])
+  experience = Experience(
+      sample=build_sampler(ppo, policy, eos_id=tokenize.eos_id(tok), pad_id=tokenize.pad_id(tok)),
+      score=build_scorer(ppo, policy, scalar, reward_bias=rm_card.reward_bias),
+      ref_params=ref_params, reward_params=reward_params,
+      gold=(_gold_scorer(data.testbed, tok, prompt_len=prompt_len)
+            if data.testbed is not None else None))
+  iterators = _iterators(config, data, ptx=ptx_coef > 0)
 
-  minibatches = ppo.rollout_batch_size // ppo.minibatch_size
-  total_steps = ppo.iterations * ppo.epochs * minibatches
-  tx = make_optimizer(ppo, total_steps)
+  def build_advance(shardings):
+    step = build_update(ppo, policy, scalar, prompt_len=prompt_len, ptx_coef=ptx_coef,
+                        state_shardings=shardings)
 
-  init_state = make_init_state(policy, scalar, tx, ppo)
-  state, state_shardings = sharding.create_sharded(init_state, mesh,
-                                                   jax.random.PRNGKey(config.seed))
-  prompt_rows = data.read("ppo_prompts", skip_bad_rows=config.data.skip_bad_rows)
-  prompt_len = config.data.max_prompt_len
-  prompts = pipeline.BatchIterator(
-      prompt_rows, pipeline.PromptBatcher(tok, buckets=(prompt_len,)),
-      batch_size=ppo.rollout_batch_size, seed=config.seed)
-  ptx = None
-  if ptx_coef > 0:
-    ptx = pipeline.BatchIterator(
-        data.read("pretrain"), pipeline.PretrainBatcher(tok, buckets=tuple(config.data.buckets)),
-        batch_size=ppo.ptx_batch_size, seed=config.seed + 1)
-
-  checkpointer = Checkpointer(os.path.join(stage_dir, "checkpoints"),
-                              keep=ppo.keep_checkpoints, stage=stage)
-  restored = checkpointer.restore_latest(state, state_shardings)
-  if restored is not None:
-    state, extra, start = restored
-    prompts.set_state(extra["prompts"])
-    if ptx is not None:
-      ptx.set_state(extra["ptx"])
-    print(f"[{stage}] resumed from iteration {start}", flush=True)
-  else:
-    start = 0
-    value_init = jax.tree.map(lambda x: x.copy(), reward_params)  # value model <- RM
-    state = state.replace(params={"policy": jax.tree.map(lambda x: x.copy(), ref_params),
-                                  "value": value_init})
-    if ppo.ema_decay > 0:
-      state = state.replace(ema_policy=jax.tree.map(lambda x: x.copy(), ref_params))
-
-  sampling_config = sampling.SamplingConfig(
-      max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
-      eos_id=tokenize.eos_id(tok), pad_id=tokenize.pad_id(tok))
-  score_fn = functools.partial(
-      score_rollout, policy=policy, value_model=scalar, reward_model=scalar,
-      temperature=ppo.temperature, reward_bias=reward_bias, gamma=ppo.gamma,
-      lam=ppo.gae_lambda, whiten_rewards=ppo.whiten_rewards, no_eos_penalty=ppo.no_eos_penalty)
-  step_fn = jax.jit(make_update_step(ppo, policy, scalar, prompt_len=prompt_len,
-                                     ptx_coef=ptx_coef),
-                    out_shardings=(state_shardings, None), donate_argnums=0)
-
-  run_log = RunLog(stage_dir, stage=stage, tensorboard=config.log.tensorboard,
-                   wandb_project=config.log.wandb_project)
-  bar = progress_bar(total=ppo.iterations, initial=start, desc=stage)
-  examples = data.testbed.ppo_prompts if data.testbed is not None else None
-  try:
-    for iteration in range(start, ppo.iterations):
+    def advance(state, iteration):
       t0 = time.time()
-      batch = sharding.shard_batch(next(prompts), mesh)
-      rng = jax.random.fold_in(state.rng, iteration)
-      frozen = {"policy": state.params["policy"], "value": state.params["value"],
-                "ref": ref_params, "reward": reward_params}
-      sample = sampling.generate(policy, state.params["policy"], batch.prompt_tokens,
-                                 batch.prompt_mask, rng, config=sampling_config)
-      jax.block_until_ready(sample)
-      t_sample = time.time() - t0
-      rollout = score_fn(frozen, sample, batch.prompt_mask, batch.example_index,
-                         state.kl_coef)
-      stats = to_floats(_rollout_stats(rollout))
-      # One copy to the host; minibatches are cut there and placed back on the mesh.
-      # (Gathering them op by op on sharded arrays launched dozens of tiny collective
-      # programs per iteration, slow and, on faked CPU devices, prone to stalls.)
-      rollout = jax.device_get(rollout)
-      t_score = time.time() - t0 - t_sample
-      if examples is not None:
-        responses = evaluation.decode_responses(
-            tok, rollout.tokens[:, prompt_len:], rollout.response_mask,
-            eos_id=sampling_config.eos_id)
-        index = np.asarray(rollout.example_index)
-        stats["gold_score"] = float(np.mean(
-            [testbed.score(examples[int(i)], r) for i, r in zip(index, responses)]))
+      batch = sharding.shard_batch(next(iterators["prompts"]), mesh)
+      rollout, stats, times = collect(state, batch, jax.random.fold_in(state.rng, iteration),
+                                      experience=experience)
       t1 = time.time()
-      update_metrics = []
-      order_rng = np.random.default_rng([config.seed, iteration])
-      for _ in range(ppo.epochs):
-        order = order_rng.permutation(ppo.rollout_batch_size)
-        for m in range(minibatches):
-          idx = order[m * ppo.minibatch_size:(m + 1) * ppo.minibatch_size]
-          minibatch = sharding.shard_batch(jax.tree.map(lambda x, i=idx: x[i], rollout), mesh)
-          ptx_batch = sharding.shard_batch(next(ptx), mesh) if ptx is not None else None
-          state, metrics = step_fn(state, minibatch, ptx_batch)
-          update_metrics.append(metrics)
-      updates = {k: float(np.mean([float(m[k]) for m in update_metrics]))
-                 for k in update_metrics[-1]}
-      if int(update_metrics[-1]["consecutive_skips"]) >= ppo.max_consecutive_skips:
-        raise NonFiniteLossError(
-            f"[{stage}] iteration {iteration + 1}: loss or gradients were NaN/Inf for "
-            f"{int(update_metrics[-1]['consecutive_skips'])} updates in a row "
-            f"(loss={updates['loss']}); the last good checkpoint in "
-            f"{checkpointer.directory} is intact")
-      kl_coef = float(state.kl_coef)
-      if ppo.adaptive_kl:
-        kl_coef = float(rl.adaptive_kl_coef(kl_coef, observed_kl=stats["kl_to_ref"],
-                                            target_kl=ppo.target_kl, horizon=ppo.kl_horizon,
-                                            n_steps=ppo.rollout_batch_size))
-        state = state.replace(kl_coef=jax.device_put(jnp.asarray(kl_coef, jnp.float32),
-                                                     state_shardings.kl_coef))
-      done = iteration + 1
-      run_log.write(done, {**stats, **updates, "kl_coef": kl_coef,
-                           "time_sample_s": t_sample, "time_score_s": t_score,
-                           "time_update_s": time.time() - t1,
-                           "time_iteration_s": time.time() - t0})
-      bar.set_postfix(rm=f"{stats['rm_score']:.2f}", kl=f"{stats['kl_to_ref']:.2f}")
-      bar.update(1)
-      if done % ppo.checkpoint_every == 0 or done == ppo.iterations:
-        extra = {"prompts": prompts.get_state()}
-        if ptx is not None:
-          extra["ptx"] = ptx.get_state()
-        checkpointer.save(done, state, extra=extra)
-  finally:
-    bar.close()
-    checkpointer.close()
-    run_log.close()
-  card = {"model": cfg.__dict__, "iterations": ppo.iterations, "ptx_coef": ptx_coef,
-          "reward_bias": reward_bias, "ema_decay": ppo.ema_decay}
-  if ppo.ema_decay > 0:  # first: the main export's card marks the stage finished
-    stage_export.save_export(os.path.join(stage_dir, "ema"), state.ema_policy,
-                             stage=stage, card={**card, "ema": True})
-  stage_export.save_export(stage_dir, state.params["policy"], stage=stage, card=card)
-  print(f"[{stage}] done", flush=True)
-  return stage_dir
+      state, updates = update(state, rollout, step=step, ptx=iterators.get("ptx"), mesh=mesh,
+                              ppo=ppo, order=np.random.default_rng([config.seed, iteration]))
+      state, kl_coef = adapt_kl(state, stats["kl_to_ref"], ppo=ppo,
+                                sharding_of_kl=shardings.kl_coef)
+      return state, {**stats, **updates, "kl_coef": kl_coef, **times,
+                     "time_update_s": time.time() - t1, "time_iteration_s": time.time() - t0}
+    return advance
 
+  def begin(state):  # policy and EMA <- SFT, value model <- RM
+    copy = functools.partial(jax.tree.map, lambda x: x.copy())
+    state = state.replace(params={"policy": copy(ref_params), "value": copy(reward_params)})
+    return state.replace(ema_policy=copy(ref_params)) if ppo.ema_decay > 0 else state
 
-def main(argv):
-  del argv
-  config, run_dir = cli.config_and_workdir()
-  run(config, run_dir, stage=cli.stage("ppo"))
+  def exports(state, final_eval):
+    del final_eval  # PPO's measurements are its per-iteration metrics
+    card = stage_export.ExportCard(stage=stage, model=cfg.__dict__, steps=ppo.iterations,
+                                   ptx_coef=ptx_coef, reward_bias=rm_card.reward_bias,
+                                   ema_decay=ppo.ema_decay)
+    ema = ([Export(params=state.ema_policy, card=dataclasses.replace(card, ema=True),
+                   where="ema")] if ppo.ema_decay > 0 else [])
+    return [*ema, Export(params=state.params["policy"], card=card)]  # the stage's own last
+
+  return StageProgram(
+      name=stage, workdir=os.path.join(run_dir, stage),
+      cadence=Cadence(total=ppo.iterations, log_every=1, eval_every=ppo.iterations,
+                      checkpoint_every=ppo.checkpoint_every,
+                      keep_checkpoints=ppo.keep_checkpoints,
+                      max_consecutive_skips=ppo.max_consecutive_skips),
+      mesh=mesh, init_state=make_init_state(ppo, policy, scalar), seed=config.seed,
+      build_advance=build_advance, iterators=iterators, begin=begin, exports=exports,
+      unit="iteration", metric_prefix="", progress_keys=("rm_score", "kl_to_ref"),
+      log=config.log)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run, stages=STAGES, default_stage="ppo")

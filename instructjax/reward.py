@@ -17,18 +17,18 @@ import os
 import jax
 import ml_collections
 import numpy as np
-from absl import app
 
-from instructjax import cli, comparisons, sharding, stage_export
+from instructjax import cli, comparisons, sharding, stage_export, stage_table
 from instructjax.config import model_config
-from instructjax.data import pipeline, sources
+from instructjax.data import batching, sources
 from instructjax.data.batches import TokenBatch
 from instructjax.models import CausalLM, ScalarModel, last_token_value
-from instructjax.sft import make_init_state
+from instructjax.stage_loop import (Export, StageProgram, batch_advance, cadence, jit_step,
+                                    run_stage)
 from instructjax.steps.reward_step import ranking_rewards, reward_step
-from instructjax.train_loop import StageSpec, run_stage
+from instructjax.train_state import make_init_state
 
-STAGE = "rm"
+STAGE = stage_table.stage("rm")
 
 
 def load_sft_params(sft_dir: str, cfg, mesh):
@@ -54,7 +54,7 @@ def ranking_accuracy(apply_fn, params, rows, batcher, *, mesh, held_out_ids=froz
   """Pairwise ranking accuracy on rows, overall and split by held-out labelers."""
   correct = {"train_labelers": 0, "heldout_labelers": 0}
   total = {"train_labelers": 0, "heldout_labelers": 0}
-  for batch in pipeline.iterate_once(rows, batcher, batch_size=batch_size):
+  for batch in batching.iterate_once(rows, batcher, batch_size=batch_size):
     rewards = np.asarray(_rewards(params, sharding.shard_batch(batch, mesh),
                                   apply_fn=apply_fn))  # [B, K]
     for r, mask, labeler in zip(rewards, batch.response_mask, batch.labeler):
@@ -72,18 +72,51 @@ def ranking_accuracy(apply_fn, params, rows, batcher, *, mesh, held_out_ids=froz
 
 def demonstration_reward_mean(apply_fn, params, rows, batcher, *, mesh) -> float:
   values = []
-  for batch in pipeline.iterate_once(rows, batcher, batch_size=16):
+  for batch in batching.iterate_once(rows, batcher, batch_size=16):
     r = np.asarray(_sequence_rewards(params, sharding.shard_batch(batch, mesh),
                                      apply_fn=apply_fn))
     values.extend(r[np.asarray(batch.token_mask).sum(-1) > 0])
   return float(np.mean(values))
 
 
-def run(config: ml_collections.ConfigDict, run_dir: str) -> str:
-  stage_dir = os.path.join(run_dir, STAGE)
-  if stage_export.is_exported(stage_dir):
-    print(f"[{STAGE}] finished earlier: {stage_dir}", flush=True)
-    return stage_dir
+def start_from_sft(state, sft_params):
+  """The RM's starting state: the SFT policy's trunk and a zero scalar head, laid out as
+  state's params are."""
+  head = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding),
+                      state.params["scalar_head"])
+  return state.replace(params={"transformer": sft_params["transformer"], "scalar_head": head})
+
+
+def build_step(train: ml_collections.ConfigDict, state_shardings):
+  """The jitted reward-model step of config.rm."""
+  return jit_step(functools.partial(reward_step, accum_steps=train.accum_steps),
+                  state_shardings)
+
+
+def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "rm") -> str:
+  """Runs (or resumes, or skips if finished) the RM stage; returns its directory."""
+  if stage != STAGE.name:
+    raise ValueError(f"unknown stage {stage!r}; known: ({STAGE.name!r},)")
+  return run_stage(STAGE.name, os.path.join(run_dir, STAGE.name),
+                   lambda: _program(config, run_dir))
+
+
+def _training_rows(config, data, cfg, mesh, run_dir: str):
+  """config.data's rm_train rankings; on the testbed, with part of each prompt's responses
+  replaced by the SFT policy's samples (ranked again by the same labeler)."""
+  rows = data.read("rm_train", skip_bad_rows=config.data.skip_bad_rows)
+  if data.testbed is None or config.rm.policy_sample_fraction <= 0:
+    return rows
+  return comparisons.cached(os.path.join(run_dir, STAGE.name, "comparisons.jsonl"), lambda: (
+      comparisons.with_policy_samples(
+          data.testbed.rm_train, data.testbed.labelers, CausalLM(cfg),
+          load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh), data.tokenizer,
+          fraction=config.rm.policy_sample_fraction, temperature=1.0,
+          max_new_tokens=config.ppo.max_new_tokens,
+          prompt_len=config.data.max_prompt_len, mesh=mesh, seed=config.seed)))
+
+
+def _program(config, run_dir: str) -> StageProgram:
   train = config.rm
   cfg = model_config(config.model, field="config.model")
   data = sources.load_data(config, run_dir)
@@ -91,62 +124,44 @@ def run(config: ml_collections.ConfigDict, run_dir: str) -> str:
   sharding.check_batch_divides(train.batch_size, mesh, field="config.rm.batch_size")
   model = ScalarModel(cfg)
   buckets = tuple(config.data.buckets)
-  rows = data.read("rm_train", skip_bad_rows=config.data.skip_bad_rows)
-  if data.testbed is not None and train.policy_sample_fraction > 0:
-    rows = comparisons.cached(os.path.join(stage_dir, "comparisons.jsonl"), lambda: (
-        comparisons.with_policy_samples(
-            data.testbed.rm_train, data.testbed.labelers, CausalLM(cfg),
-            load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh), data.tokenizer,
-            fraction=train.policy_sample_fraction, temperature=1.0,
-            max_new_tokens=config.ppo.max_new_tokens,
-            prompt_len=config.data.max_prompt_len, mesh=mesh, seed=config.seed)))
+  rows = _training_rows(config, data, cfg, mesh, run_dir)
   eval_rows = data.read("rm_eval", skip_bad_rows=config.data.skip_bad_rows)
   k_max = max(len(r.responses) for r in rows + eval_rows)
-  batcher = pipeline.RankingBatcher(data.tokenizer, buckets=buckets,
+  batcher = batching.RankingBatcher(data.tokenizer, buckets=buckets,
                                     max_prompt_len=config.data.max_prompt_len, k_max=k_max)
-  eval_batcher = pipeline.RankingBatcher(data.tokenizer, buckets=buckets,
+  eval_batcher = batching.RankingBatcher(data.tokenizer, buckets=buckets,
                                          max_prompt_len=config.data.max_prompt_len,
                                          k_max=k_max)
+  batches = batching.BatchIterator(rows, batcher, batch_size=train.batch_size,
+                                   seed=config.seed)
   held_out = frozenset(
       l.id for l in data.testbed.labelers if l.held_out) if data.testbed else frozenset()
 
-  def load_params(abstract):
-    head = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding),
-                        abstract["scalar_head"])
-    sft_params = load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh)
-    return {"transformer": sft_params["transformer"],
-            "scalar_head": head}
+  def begin(state):
+    return start_from_sft(state, load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh))
 
   def evaluate(state):
     return ranking_accuracy(model.apply, state.params, eval_rows, eval_batcher, mesh=mesh,
                             held_out_ids=held_out)
 
-  spec = StageSpec(
-      name=STAGE, workdir=stage_dir, train=train, mesh=mesh,
-      init_state=make_init_state(model, train, buckets[0]),
-      step=functools.partial(reward_step, accum_steps=train.accum_steps),
-      batches=pipeline.BatchIterator(rows, batcher, batch_size=train.batch_size,
-                                     seed=config.seed),
-      evaluate=evaluate, load_params=load_params, seed=config.seed, log=config.log)
-  state = run_stage(spec)
-  final = evaluate(state)
-  sft_batcher = pipeline.SftBatcher(data.tokenizer, buckets=buckets,
-                                    max_prompt_len=config.data.max_prompt_len)
-  bias = demonstration_reward_mean(model.apply, state.params, data.read("sft"), sft_batcher,
-                                   mesh=mesh)
-  stage_export.save_export(stage_dir, state.params, stage=STAGE, card={
-      "model": cfg.__dict__, "steps": int(state.step), "reward_bias": bias,
-      "final_eval": final, "bad_rows": data.bad_rows})
-  print(f"[{STAGE}] done: reward_bias={bias:.4f}, " +
-        ", ".join(f"{k}={v:.4f}" for k, v in final.items()), flush=True)
-  return stage_dir
+  def exports(state, final_eval):
+    sft_batcher = batching.SftBatcher(data.tokenizer, buckets=buckets,
+                                      max_prompt_len=config.data.max_prompt_len)
+    bias = demonstration_reward_mean(model.apply, state.params, data.read("sft"),
+                                     sft_batcher, mesh=mesh)
+    print(f"[{STAGE.name}] reward_bias={bias:.4f}", flush=True)
+    return [Export(params=state.params, card=stage_export.ExportCard(
+        stage=STAGE.name, model=cfg.__dict__, steps=int(state.step), reward_bias=bias,
+        final_eval=final_eval, bad_rows=data.bad_rows))]
 
-
-def main(argv):
-  del argv
-  config, run_dir = cli.config_and_workdir()
-  run(config, run_dir)
+  return StageProgram(
+      name=STAGE.name, workdir=os.path.join(run_dir, STAGE.name), cadence=cadence(train),
+      mesh=mesh, init_state=make_init_state(model, train, buckets[0]), seed=config.seed,
+      build_advance=lambda shardings: batch_advance(build_step(train, shardings), batches,
+                                                    mesh),
+      iterators={"data": batches}, begin=begin, evaluate=evaluate, exports=exports,
+      log=config.log)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(run, stages=(STAGE.name,), default_stage=STAGE.name)

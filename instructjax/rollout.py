@@ -50,30 +50,13 @@ def response_values(apply_fn, params, tokens, token_mask, *, prompt_len: int):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "policy", "value_model", "reward_model", "sampling_config", "gamma", "lam",
-    "whiten_rewards", "no_eos_penalty"))
-def make_rollout(params, prompt_tokens, prompt_mask, example_index, rng, kl_coef, *,
-                 policy, value_model, reward_model, sampling_config, reward_bias,
-                 gamma: float, lam: float, whiten_rewards: bool, no_eos_penalty: float):
-  """Sample and score in one jit. params: {'policy', 'value', 'ref', 'reward'};
-  prompt_tokens, prompt_mask: [B, P]."""
-  # 1. Sample a response to every prompt from the current policy (KV-cache decoding).
-  sample = sampling.generate(policy, params["policy"], prompt_tokens, prompt_mask, rng,
-                             config=sampling_config)
-  return score_rollout(
-      params, sample, prompt_mask, example_index, kl_coef, policy=policy,
-      value_model=value_model, reward_model=reward_model,
-      temperature=sampling_config.temperature, reward_bias=reward_bias, gamma=gamma, lam=lam,
-      whiten_rewards=whiten_rewards, no_eos_penalty=no_eos_penalty)
-
-
-@functools.partial(jax.jit, static_argnames=(
     "policy", "value_model", "reward_model", "temperature", "gamma", "lam",
     "whiten_rewards", "no_eos_penalty"))
 def score_rollout(params, sample: sampling.SampleOutput, prompt_mask, example_index, kl_coef,
                   *, policy, value_model, reward_model, temperature: float, reward_bias,
                   gamma: float, lam: float, whiten_rewards: bool, no_eos_penalty: float):
-  """Steps 2-6 of the rollout on sampled responses (the programs time them apart)."""
+  """Steps 2-6 of the rollout on responses that `sampling.generate` sampled (step 1).
+  params: {'policy', 'value', 'ref', 'reward'}; prompt_mask: [B, P]."""
   prompt_len = prompt_mask.shape[1]
   tokens = sample.tokens  # [B, S]
   response_mask = sample.response_mask  # [B, N]

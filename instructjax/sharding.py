@@ -105,14 +105,32 @@ def logical_shardings(abstract_tree, mesh: Mesh):
   return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
 
 
+def abstract_tree(tree, shardings=None):
+  """ShapeDtypeStructs of a tree of arrays (or of abstract values), laid out as
+  `shardings` says, or as the leaves are when it is None: a restore or lowering target."""
+  if shardings is None:
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def abstract_init(init_fn: Callable[..., Any], mesh: Mesh, *args):
+  """`init_fn(*args)` (boxed params, or a train state holding them) traced, not run.
+  -> (its unboxed tree as ShapeDtypeStructs with their shardings, the shardings).
+
+  Raises ShardingError naming a parameter the mesh cannot hold."""
+  boxed = jax.eval_shape(init_fn, *args)
+  check_partitioning(getattr(boxed, "params", boxed), mesh)
+  shardings = logical_shardings(boxed, mesh)
+  return abstract_tree(meta.unbox(boxed), shardings), shardings
+
+
 def create_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args):
   """Runs `init_fn(*args)` (which returns a tree of boxed params or a train state holding
   them) under jit with out_shardings, so every array is created in its final layout.
   Returns (unboxed tree, its shardings)."""
-  abstract = jax.eval_shape(init_fn, *args)
-  if hasattr(abstract, "params"):
-    check_partitioning(abstract.params, mesh)
-  shardings = logical_shardings(abstract, mesh)
+  _, shardings = abstract_init(init_fn, mesh, *args)
   tree = jax.jit(lambda *a: meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
   return tree, shardings
 
@@ -120,12 +138,10 @@ def create_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args):
 def abstract_params(model: nn.Module, mesh: Mesh, *, example_len: int = 8):
   """The model's parameters as ShapeDtypeStructs laid out on the mesh: a restore target
   for a checkpoint, computed without allocating anything."""
-  boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                         jax.numpy.zeros((1, example_len), jax.numpy.int32))["params"]
-  check_partitioning(boxed, mesh)
-  shardings = logical_shardings(boxed, mesh)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      meta.unbox(boxed), shardings)
+  def init(rng):
+    return model.init(rng, jax.numpy.zeros((1, example_len), jax.numpy.int32))["params"]
+  abstract, _ = abstract_init(init, mesh, jax.random.PRNGKey(0))
+  return abstract
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

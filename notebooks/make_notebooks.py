@@ -80,9 +80,10 @@ import json
 import jax
 import matplotlib.pyplot as plt
 
-from instructjax import evaluation, final_eval, ppo, reward, sft, sharding, stage_export
+from instructjax import ppo, reward, sft, sharding, stage_export
+from instructjax.evaluation import final_eval, measures
 from instructjax.config import load_config, model_config
-from instructjax.data import pipeline, sources, testbed
+from instructjax.data import batching, sources, testbed
 from instructjax.models import CausalLM
 ''' + ROOT + '''
 print(f"config {CONFIG}, runs in {RUN_DIR}, {jax.device_count()} {jax.default_backend()} device(s)")
@@ -153,7 +154,7 @@ to write more of the sheet (another instruction, a sentence) instead of answerin
 policy = CausalLM(model_config(config.model, field="config.model"))
 mesh = sharding.make_mesh(**config.mesh)
 examples = bed.eval_prompts[:config.eval.prompts]
-greedy = evaluation.greedy_config(data.tokenizer, max_new_tokens=config.eval.max_new_tokens)
+greedy = measures.greedy_config(data.tokenizer, max_new_tokens=config.eval.max_new_tokens)
 NAMES = {"pretrain": "vanilla", "sft": "SFT", "ppo": "PPO", "ppo_ptx": "PPO-ptx"}
 params, answers = {}, {}
 
@@ -164,7 +165,7 @@ def load_policy(stage):
       os.path.join(RUN_DIR, stage), sharding.abstract_params(policy, mesh),
       expected_stages=(stage,))
   # One batch of all prompts: no padding rows, one compilation for every policy.
-  answers[stage] = evaluation.sample_responses(
+  answers[stage] = measures.sample_responses(
       policy, params[stage], [e.prompt for e in examples], data.tokenizer,
       sampling_config=greedy, batch_size=len(examples), buckets=(config.data.max_prompt_len,),
       mesh=mesh, rng=jax.random.PRNGKey(config.seed))
@@ -216,8 +217,8 @@ ax.set(xlabel="step", ylabel="pairwise accuracy", title="Stage 2: reward model")
 ax.legend()
 plt.show()
 rm_card = stage_export.read_card(os.path.join(RUN_DIR, "rm"), expected_stages=("rm",))
-print({k: round(v, 3) for k, v in rm_card["final_eval"].items()},
-      f"reward_bias={rm_card['reward_bias']:.3f}")
+print({k: round(v, 3) for k, v in rm_card.final_eval.items()},
+      f"reward_bias={rm_card.reward_bias:.3f}")
 '''),
     ("markdown", '''
 ## Stage 3: PPO and PPO-ptx
@@ -257,15 +258,15 @@ of the models means little; the full config is sized for the paper's claims.
     ("code", '''
 train_labelers = [l for l in bed.labelers if not l.held_out]
 documents = data.read("pretrain_heldout")
-batcher = pipeline.PretrainBatcher(data.tokenizer, buckets=tuple(config.data.buckets))
+batcher = batching.PretrainBatcher(data.tokenizer, buckets=tuple(config.data.buckets))
 table = {}
 print(f"{'model':8} {'gold':>6} {'win vs SFT':>11} {'pretrain loss':>14}")
 for stage, name in NAMES.items():
   table[name] = {
-      "gold": evaluation.mean_gold_score(examples, answers[stage]),
+      "gold": measures.mean_gold_score(examples, answers[stage]),
       "win": final_eval.win_rate(examples, answers[stage], answers["sft"],
                                  train_labelers)["rate"],
-      "loss": evaluation.lm_loss(policy.apply, params[stage], documents, batcher,
+      "loss": measures.lm_loss(policy.apply, params[stage], documents, batcher,
                                  batch_size=32, mesh=mesh, max_batches=8)}
   row = table[name]
   print(f"{name:8} {row['gold']:6.3f} {row['win']:11.3f} {row['loss']:14.3f}")
@@ -307,13 +308,13 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from instructjax import losses, reward, sft, sharding, stage_export
+from instructjax import losses, reward, sft, sharding, stage_export, stage_loop
 from instructjax.config import load_config, model_config
-from instructjax.data import pipeline, records, sources
+from instructjax.data import batching, records, sources
 from instructjax.models import ScalarModel
 from instructjax.steps.gradients import divide, guarded_update, step_rng, summed_gradients
 from instructjax.steps.reward_step import ranking_rewards
-from instructjax.train_loop import StageSpec, run_stage
+from instructjax.train_state import make_init_state
 ''' + ROOT + '''
 print(f"config {CONFIG}, runs in {RUN_DIR}")
 '''),
@@ -445,7 +446,7 @@ k_max = max(len(r.responses) for r in rows + eval_rows)
 
 
 def ranking_batcher():
-  return pipeline.RankingBatcher(data.tokenizer, buckets=buckets,
+  return batching.RankingBatcher(data.tokenizer, buckets=buckets,
                                  max_prompt_len=config.data.max_prompt_len, k_max=k_max)
 
 
@@ -453,11 +454,9 @@ eval_batcher = ranking_batcher()
 held_out = frozenset(l.id for l in data.testbed.labelers if l.held_out)
 
 
-def load_params(abstract):
-  head = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding),
-                      abstract["scalar_head"])
-  sft_params = reward.load_sft_params(os.path.join(RUN_DIR, "sft"), cfg, mesh)
-  return {"transformer": sft_params["transformer"], "scalar_head": head}
+def begin(state):  # the SFT trunk and a zero scalar head, as the RM stage starts
+  return reward.start_from_sft(state, reward.load_sft_params(os.path.join(RUN_DIR, "sft"),
+                                                             cfg, mesh))
 
 
 def evaluate(state):
@@ -465,15 +464,18 @@ def evaluate(state):
                                  mesh=mesh, held_out_ids=held_out)
 
 
-spec = StageSpec(
-    name="rm_margin", workdir=os.path.join(RUN_DIR, "rm_margin"), train=train, mesh=mesh,
-    init_state=sft.make_init_state(model, train, buckets[0]),
-    step=functools.partial(margin_reward_step, margin=MARGIN, accum_steps=train.accum_steps),
-    batches=pipeline.BatchIterator(rows, ranking_batcher(), batch_size=train.batch_size,
-                                   seed=config.seed),
-    evaluate=evaluate, load_params=load_params, seed=config.seed, log=config.log)
-state = run_stage(spec)
-margin_eval = evaluate(state)
+batches = batching.BatchIterator(rows, ranking_batcher(), batch_size=train.batch_size,
+                                 seed=config.seed)
+step = functools.partial(margin_reward_step, margin=MARGIN, accum_steps=train.accum_steps)
+program = stage_loop.StageProgram(
+    name="rm_margin", workdir=os.path.join(RUN_DIR, "rm_margin"),
+    cadence=stage_loop.cadence(train), mesh=mesh,
+    init_state=make_init_state(model, train, buckets[0]), seed=config.seed,
+    build_advance=lambda shardings: stage_loop.batch_advance(
+        stage_loop.jit_step(step, shardings), batches, mesh),
+    iterators={"data": batches}, begin=begin, evaluate=evaluate,
+    exports=lambda state, final_eval: [], log=config.log)
+state, margin_eval = stage_loop.train(program)
 print("margin RM:", {k: round(float(v), 3) for k, v in margin_eval.items()})
 '''),
     ("markdown", '''
@@ -489,7 +491,7 @@ def read_metrics(stage):
     return [json.loads(line) for line in f]
 
 
-results = {"built-in ranking loss": builtin["final_eval"],
+results = {"built-in ranking loss": builtin.final_eval,
            f"margin loss (m={MARGIN})": margin_eval}
 groups = ("accuracy_train_labelers", "accuracy_heldout_labelers")
 print(f"{'loss':26} {'train labelers':>15} {'held-out labelers':>18}")

@@ -30,12 +30,12 @@ from instructjax import reward, sft, sharding, stage_export
 from instructjax.checkpoints import CheckpointError, Checkpointer
 from instructjax.config import (DEFAULT_CONFIG, ConfigError, check_workdir, load_config,
                                 validate)
-from instructjax.data import pipeline, sources
+from instructjax.data import batching, sources
 from instructjax.data.records import DataError, RankingRecord, SftRecord, read_jsonl
 from instructjax.models import CausalLM, ModelConfig, from_hf
 from instructjax.models.hf_interop import HFCheckpointError
-from instructjax.train_loop import NonFiniteLossError
-from instructjax.train_state import create_train_state
+from instructjax.stage_loop import NonFiniteLossError
+from instructjax.train_state import create_train_state, make_init_state
 
 TEST_CONFIG = DEFAULT_CONFIG + ":test"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -235,7 +235,7 @@ def test_prompt_longer_than_the_context_is_cut_and_counted(good_data):
   tokenizer = transformers.AutoTokenizer.from_pretrained(good_data[1])
   config = load_config(TEST_CONFIG)  # model.max_len = data.max_len = 64, max_prompt_len 40
   long_prompt = " ".join(["the cat"] * 100 + ["what did it do ?"])  # 205 tokens
-  batcher = pipeline.SftBatcher(tokenizer, buckets=tuple(config.data.buckets),
+  batcher = batching.SftBatcher(tokenizer, buckets=tuple(config.data.buckets),
                                 max_prompt_len=config.data.max_prompt_len)
   rows = [SftRecord(long_prompt, "it sat"), SftRecord("what did the dog do ?", "it ran")]
   batch = batcher(rows, np.arange(2), slice(0, 2))
@@ -253,7 +253,7 @@ def test_prompt_longer_than_the_context_is_cut_and_counted(good_data):
 
 def test_more_responses_than_k_max(good_data):
   tokenizer = transformers.AutoTokenizer.from_pretrained(good_data[1])
-  batcher = pipeline.RankingBatcher(tokenizer, buckets=(64,), max_prompt_len=40, k_max=2)
+  batcher = batching.RankingBatcher(tokenizer, buckets=(64,), max_prompt_len=40, k_max=2)
   row = RankingRecord("p", ("a", "b", "c"), (0, 1, 2))
   with pytest.raises(DataError, match=r"row 7: K=3 responses > k_max=2"):
     batcher([row], np.array([7]), slice(0, 1))
@@ -363,7 +363,7 @@ def test_missing_previous_stage_export(tmp_path, good_data):
 
 def test_wrong_stage_export(tmp_path, good_data):
   stage_export.save_export(str(tmp_path / "pretrain"), {"w": np.zeros(2, np.float32)},
-                           stage="rm", card={})
+                           stage_export.ExportCard(stage="rm", model={}, steps=0))
   config = _jsonl_config(good_data[0], good_data[1])
   with pytest.raises(CheckpointError, match=r"holds a 'rm' export, but one of "
                      r"\('pretrain',\) is needed"):
@@ -429,7 +429,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, good_dat
   ckpt_dir = tmp_path / "pretrain" / "checkpoints"
   assert os.listdir(ckpt_dir) == ["2"]
   model = CausalLM(ModelConfig(**config.model.to_dict()))
-  init = sft.make_init_state(model, config.pretrain, config.data.buckets[0])
+  init = make_init_state(model, config.pretrain, config.data.buckets[0])
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   checkpointer = Checkpointer(str(ckpt_dir), stage="pretrain")
   state, extra, step = checkpointer.restore_latest(

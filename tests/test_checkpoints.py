@@ -4,7 +4,6 @@ another stage is refused, and a failed write never replaces a good export."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -20,9 +19,9 @@ from instructjax import reward, sharding, stage_export
 from instructjax.checkpoints import CheckpointError, Checkpointer
 from instructjax.data.batches import TokenBatch
 from instructjax.models import CausalLM, ModelConfig, from_hf, to_hf
-from instructjax.sft import make_init_state
+from instructjax.stage_loop import StageProgram, batch_advance, cadence, jit_step, train
 from instructjax.steps.sft_step import sft_step
-from instructjax.train_loop import StageSpec, run_stage
+from instructjax.train_state import make_init_state
 
 CFG = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, max_len=8)
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf")
@@ -33,6 +32,11 @@ TRAIN = ml_collections.ConfigDict(dict(
 # One model and optimizer for every run: they are static parts of the state's pytree,
 # so new ones would make each run compile its step again.
 INIT_STATE = make_init_state(CausalLM(CFG), TRAIN, 8)
+
+
+def _card(stage: str, run: int = 0) -> stage_export.ExportCard:
+  """A card told apart by `run` (its step count)."""
+  return stage_export.ExportCard(stage=stage, model={}, steps=run)
 
 
 class _Batches:
@@ -59,11 +63,16 @@ class _Batches:
 
 def _run(workdir) -> dict:
   """Trains the tiny stage to step 4 (checkpoints at 2 and 4); -> host params."""
-  spec = StageSpec(name="pretrain", workdir=str(workdir), train=TRAIN,
-                   mesh=sharding.make_mesh(), init_state=INIT_STATE, step=sft_step,
-                   batches=_Batches(),
-                   log=ml_collections.ConfigDict(dict(tensorboard=False, wandb_project="")))
-  return jax.device_get(run_stage(spec).params)
+  mesh, batches = sharding.make_mesh(), _Batches()
+  program = StageProgram(
+      name="pretrain", workdir=str(workdir), cadence=cadence(TRAIN), mesh=mesh,
+      init_state=INIT_STATE, seed=0, iterators={"data": batches},
+      build_advance=lambda shardings: batch_advance(jit_step(sft_step, shardings), batches,
+                                                    mesh),
+      exports=lambda state, final_eval: [],
+      log=ml_collections.ConfigDict(dict(tensorboard=False, wandb_project="")))
+  state, _ = train(program)
+  return jax.device_get(state.params)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +188,7 @@ def test_checkpoint_of_another_stage_is_refused(finished_run):
 
 def test_export_of_another_stage_is_refused(tmp_path):
   rm_dir = str(tmp_path / "rm")
-  stage_export.save_export(rm_dir, {"w": np.zeros(3, np.float32)}, stage="rm", card={})
+  stage_export.save_export(rm_dir, {"w": np.zeros(3, np.float32)}, _card("rm"))
   with pytest.raises(CheckpointError, match=r"rm holds a 'rm' export, but one of \('sft',\) "
                      r"is needed here"):
     reward.load_sft_params(rm_dir, CFG, sharding.make_mesh())
@@ -202,25 +211,23 @@ def _fail(*args, **kwargs):
 @pytest.mark.parametrize("broken", ["params", "card"])
 def test_failed_export_keeps_the_previous_one(tmp_path, monkeypatch, broken):
   workdir = str(tmp_path)
-  stage_export.save_export(workdir, {"w": np.full(3, 1.0, np.float32)}, stage="sft",
-                           card={"run": 1})
+  stage_export.save_export(workdir, {"w": np.full(3, 1.0, np.float32)}, _card("sft", 1))
   with monkeypatch.context() as patch:
     if broken == "params":
       patch.setattr(ocp.StandardCheckpointer, "save", _fail)
     else:
-      patch.setattr(json, "dump", _fail)
+      patch.setattr(stage_export, "write_json", _fail)
     with pytest.raises(OSError, match="disk full"):
-      stage_export.save_export(workdir, {"w": np.full(3, 2.0, np.float32)}, stage="sft",
-                               card={"run": 2})
+      stage_export.save_export(workdir, {"w": np.full(3, 2.0, np.float32)},
+                               _card("sft", 2))
   w, card = _load_w(workdir)
   np.testing.assert_array_equal(w, [1.0, 1.0, 1.0])
-  assert card == {"stage": "sft", "run": 1}
+  assert card == _card("sft", 1)
 
-  stage_export.save_export(workdir, {"w": np.full(3, 3.0, np.float32)}, stage="sft",
-                           card={"run": 3})
+  stage_export.save_export(workdir, {"w": np.full(3, 3.0, np.float32)}, _card("sft", 3))
   w, card = _load_w(workdir)
   np.testing.assert_array_equal(w, [3.0, 3.0, 3.0])
-  assert card == {"stage": "sft", "run": 3}
+  assert card == _card("sft", 3)
   assert sorted(os.listdir(tmp_path)) == ["export"]  # no staging or retired copies left
 
 

@@ -58,13 +58,15 @@ def test_every_step_lowers(name, variant):
   config = _load(name, variant)
   config.model.n_layers = 1  # one block stands for all of them
   reports = dry_run_lib.dry_run(config, devices=_devices(), mode="lower", verbose=False)
-  assert list(reports) == ["sft_step", "reward_step", "rollout", "ppo_step"]
+  assert list(reports) == ["sft_step", "reward_step", "sample", "score", "ppo_step"]
   assert not any(r.compiled for r in reports.values())
-  sft, rm, rollout, ppo = reports.values()
+  sft, rm, sample, score, ppo = reports.values()
   # The PPO state trains a policy (the SFT model) and a value model (the RM); the
-  # rollout reads both and their frozen copies (reference, reward).
+  # sampler reads the policy; the scorer reads both and their frozen copies (reference,
+  # reward).
   assert ppo.params == sft.params + rm.params
-  assert rollout.params == 2 * ppo.params
+  assert sample.params == sft.params
+  assert score.params == 2 * ppo.params
   if "gpu" in variant:  # one device holds it all: float32 params and Adam's two moments
     for report in (sft, rm):
       assert 12 * report.params <= report.state_bytes < 12 * report.params + 1024
@@ -89,11 +91,11 @@ def test_models_match_their_checkpoints(name, variant, section, hf_name, count):
 
 def test_small_step_compiles_with_a_memory_estimate():
   config = _load("instructgpt_tiny.py", "test")
-  # The rollout: the quickest of the four for XLA:CPU to compile.
-  reports = dry_run_lib.dry_run(config, devices=jax.devices()[:1], steps=("rollout",),
+  # The scorer: the quickest for XLA:CPU to compile.
+  reports = dry_run_lib.dry_run(config, devices=jax.devices()[:1], steps=("score",),
                                 verbose=False)
-  assert list(reports) == ["rollout"]
-  report = reports["rollout"]
+  assert list(reports) == ["score"]
+  report = reports["score"]
   assert report.compiled and report.compile_seconds > 0
   # The arguments hold at least the four frozen models' parameters.
   assert report.memory["arguments"] >= report.state_bytes > 0

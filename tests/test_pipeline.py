@@ -1,13 +1,18 @@
 """The main job end to end on the quick variant: every stage, the evaluation and the
-report; a rerun reuses what is finished."""
+report; a rerun reuses what is finished; and the quickstart notebook walks the same run
+stage by stage (each stage is found finished, so the notebook trains nothing again)."""
 
 import json
 import os
+import re
 
 import pytest
 
-from instructjax import pipeline
+from instructjax import pipeline, stage_table
 from instructjax.config import load_config
+from notebook_client import NOTEBOOKS, NUMBER, cell_printing, execute, figures, stdout
+
+QUICK = "experiments/instructgpt_tiny.py:quick"
 
 CLAIM_IDS = {"aligned_small_beats_large_vanilla", "alignment_cost_modest",
              "held_out_labelers_generalize", "ptx_reduces_alignment_tax", "win_rate_ordering"}
@@ -16,13 +21,13 @@ CLAIM_IDS = {"aligned_small_beats_large_vanilla", "alignment_cost_modest",
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
   run_dir = str(tmp_path_factory.mktemp("quick"))
-  config = load_config("experiments/instructgpt_tiny.py:quick")
+  config = load_config(QUICK)
   return config, run_dir, pipeline.run(config, run_dir)
 
 
 def test_every_stage_is_exported_and_timed(quick_run):
   _, run_dir, results = quick_run
-  for stage in pipeline.STAGES:
+  for stage in stage_table.NAMES:
     card_path = os.path.join(run_dir, stage, "export", "export.json")
     with open(card_path, encoding="utf-8") as f:
       assert json.load(f)["stage"] == stage
@@ -83,8 +88,8 @@ def test_rerun_reuses_finished_stages(quick_run, capsys):
   times = dict(results["stage_times_s"])
   again = pipeline.run(config, run_dir)
   out = capsys.readouterr().out
-  assert out.count("finished earlier, reused") == len(pipeline.STAGES)
-  for stage in pipeline.STAGES:
+  assert out.count("finished earlier, reused") == len(stage_table.NAMES)
+  for stage in stage_table.NAMES:
     assert again["stage_times_s"][stage] == times[stage]
 
 
@@ -105,3 +110,26 @@ def test_reward_model_ranks_held_out_comparisons_above_chance(quick_run):
   # Chance is 0.5; the quick RM (40 steps) reaches about 0.7 for both labeler groups.
   assert results["rm_accuracy"]["train_labelers"] > 0.6
   assert results["rm_accuracy"]["heldout_labelers"] > 0.6
+
+
+def test_quickstart_notebook_walks_the_run(quick_run):
+  _, run_dir, _ = quick_run
+  # From notebooks/, as Jupyter starts it: the notebook must find the repository root.
+  notebook = execute("01_quickstart.ipynb", cwd=NOTEBOOKS, run_dir=run_dir, config=QUICK)
+
+  for stage in ("pretrain", "sft", "rm", "ppo", "ppo_ptx"):
+    assert f"[{stage}] finished earlier" in "".join(
+        stdout(c) for c in notebook.cells if c.cell_type == "code"), stage
+  assert stdout(cell_printing(notebook, "ideal answer:")).count("ideal answer:") == 3
+  ranking = stdout(cell_printing(notebook, "ranked by labeler"))
+  assert len(re.findall(r"^  \d\. gold \d\.\d\d ", ranking, re.M)) >= 4  # K >= 4 responses
+  assert figures(notebook) >= 5  # pretrain, SFT, RM, PPO curves, comparison
+
+  table = stdout(cell_printing(notebook, "win vs SFT"))
+  rows = {m[0]: [float(x) for x in m[1:]] for m in re.findall(
+      rf"^(vanilla|SFT|PPO|PPO-ptx) +{NUMBER} +{NUMBER} +{NUMBER}$", table, re.M)}
+  assert set(rows) == {"vanilla", "SFT", "PPO", "PPO-ptx"}, table
+  for name, (gold, win, loss) in rows.items():
+    assert 0.0 <= gold <= 1.0 and 0.0 <= win <= 1.0 and loss > 0.0, (name, table)
+  # SFT against itself: identical answers, so every labeler is indifferent.
+  assert rows["SFT"][1] == 0.5

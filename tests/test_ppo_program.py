@@ -10,10 +10,11 @@ import shutil
 
 import pytest
 
-from instructjax import evaluation, ppo, reward, sft, sharding, stage_export
+from instructjax import ppo, reward, sft, sharding, stage_export
+from instructjax.evaluation import measures
 from instructjax.checkpoints import CheckpointError
 from instructjax.config import DEFAULT_CONFIG, load_config, model_config
-from instructjax.data import pipeline, sources
+from instructjax.data import batching, sources
 from instructjax.models import CausalLM
 
 PTX_COEF = 1.0
@@ -67,7 +68,7 @@ def test_one_metrics_line_per_iteration(run_dir, stage):
 @pytest.mark.parametrize("stage", ppo.STAGES)
 def test_export_names_its_stage(run_dir, stage):
   card = stage_export.read_card(os.path.join(run_dir, stage), expected_stages=(stage,))
-  assert card["ptx_coef"] == (PTX_COEF if stage == "ppo_ptx" else 0.0)
+  assert card.ptx_coef == (PTX_COEF if stage == "ppo_ptx" else 0.0)
 
 
 def test_rerun_of_a_finished_stage_returns_at_once(run_dir, monkeypatch):
@@ -96,12 +97,12 @@ def test_ptx_keeps_the_pretraining_loss_lower(run_dir):
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
   model = CausalLM(model_config(config.model, field="config.model"))
-  batcher = pipeline.PretrainBatcher(data.tokenizer, buckets=tuple(config.data.buckets))
+  batcher = batching.PretrainBatcher(data.tokenizer, buckets=tuple(config.data.buckets))
   heldout = data.read("pretrain_heldout")
 
   def heldout_loss(stage):
     params, _ = stage_export.load_export(os.path.join(run_dir, stage),
                                          sharding.abstract_params(model, mesh),
                                          expected_stages=(stage,))
-    return evaluation.lm_loss(model.apply, params, heldout, batcher, batch_size=8, mesh=mesh)
+    return measures.lm_loss(model.apply, params, heldout, batcher, batch_size=8, mesh=mesh)
   assert heldout_loss("ppo_ptx") < heldout_loss("ppo") - 0.01

@@ -16,7 +16,7 @@ from flax.core import meta
 from instructjax import sampling, sharding
 from instructjax.data.batches import TokenBatch
 from instructjax.models import CausalLM, ModelConfig, ScalarModel
-from instructjax.rollout import make_rollout
+from instructjax.rollout import score_rollout
 from instructjax.steps.ppo_step import PPOState, ppo_step
 
 CFG = ModelConfig(arch="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4,
@@ -92,10 +92,12 @@ def fresh_rollout():
   prompt_mask = (np.arange(P)[None] >= rng.integers(0, P, B)[:, None]).astype(np.int32)
   prompt_tokens = rng.integers(1, CFG.vocab_size, (B, P)).astype(np.int32) * prompt_mask
   config = sampling.SamplingConfig(max_new_tokens=N, temperature=TEMPERATURE)
-  rollout = make_rollout(
-      params, prompt_tokens, prompt_mask, np.arange(B, dtype=np.int32), keys[2],
+  sample = sampling.generate(POLICY, params["policy"], prompt_tokens, prompt_mask, keys[2],
+                             config=config)
+  rollout = score_rollout(
+      params, sample, jnp.asarray(prompt_mask), np.arange(B, dtype=np.int32),
       jnp.float32(0.1), policy=POLICY, value_model=SCALAR, reward_model=SCALAR,
-      sampling_config=config, reward_bias=0.0, gamma=1.0, lam=0.95, whiten_rewards=False,
+      temperature=config.temperature, reward_bias=0.0, gamma=1.0, lam=0.95, whiten_rewards=False,
       no_eos_penalty=-1.0)
   return jax.tree.map(np.asarray, rollout)
 

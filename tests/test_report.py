@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from instructjax import report
+from instructjax.evaluation import report
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _EVIL = '<script>alert("x")</script> & a|b *bold* `code`'
@@ -75,10 +75,10 @@ def _fake_results() -> dict:
                  "model": {"d_model": 64, "n_layers": 2}},
       "stage_times_s": dict(_STAGE_TIMES),
       "models": models,
-      "head_to_head": {"ppo_ptx_vs_vanilla_big_train_labelers": _stats(0.81),
-                       "ppo_ptx_vs_vanilla_big_heldout_labelers": _stats(0.79),
-                       "ppo_ptx_vs_vanilla_big_fewshot_train_labelers": _stats(0.66),
-                       "ppo_ptx_vs_vanilla_big_fewshot_heldout_labelers": _stats(0.64)},
+      "head_to_head": {"vanilla_big": {"train_labelers": _stats(0.81),
+                                       "heldout_labelers": _stats(0.79)},
+                       "vanilla_big_fewshot": {"train_labelers": _stats(0.66),
+                                               "heldout_labelers": _stats(0.64)}},
       "rm_accuracy": {"train_labelers": 0.71, "heldout_labelers": 0.68},
       "flops": {"pretrain": 2.0e15, "pretrain_big": 1.6e16, "sft": 1.0e13, "rm": 5.0e12,
                 "ppo": 3.0e13, "ppo_ptx": 5.0e13},

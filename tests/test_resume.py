@@ -11,11 +11,11 @@ pretrain while the asynchronous save of checkpoint 6 is half-written; for PPO-pt
 iterations, checkpoints at 2 and 4, so that the rerun replays two iterations with the
 prompt and pretraining-data iterators restored) while checkpoint 4 is half-written.
 
-The pipeline (`python -m instructjax.pipeline`) is killed at a random moment after SFT's
-checkpoint 3; its rerun must say it resumed SFT, leave the finished pretrain and
-pretrain_big exports untouched, and finish with sft, rm, ppo and ppo_ptx exports equal
-to the per-stage reference runs' (the pipeline runs the same stage code with the same
-config; its evaluation and report are not compared).
+The pipeline (`python -m instructjax.pipeline`) starts from the reference's exports of
+the stages before PPO and is killed in PPO while checkpoint 4 is half-written; its rerun
+must say it resumed PPO, leave the finished exports untouched, and finish with ppo and
+ppo_ptx exports equal to the per-stage reference runs' (the pipeline runs the same stage
+code with the same config; its evaluation and report are not compared).
 
 All runs are subprocesses sharing a persistent XLA compilation cache: compiling is most
 of a run's time, and the interrupted runs compile what the reference already did. (The
@@ -38,10 +38,11 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from instructjax import ppo, sft, sharding, stage_export
+from instructjax import ppo, sharding, stage_export, stage_table
 from instructjax.checkpoints import Checkpointer
 from instructjax.config import DEFAULT_CONFIG, load_config, model_config
 from instructjax.models import CausalLM, ScalarModel
+from instructjax.train_state import make_init_state
 
 CONFIG = DEFAULT_CONFIG + ":test"  # 6 steps per stage, checkpoints at 3 and 6
 # PPO gets 4 iterations with checkpoints at 2 and 4 (the :test variant has 2 and 1).
@@ -53,8 +54,7 @@ PARENTS = {"pretrain": (), "sft": ("pretrain",), "rm": ("sft",), "ppo": ("sft", 
 CHAIN = ("pretrain", "sft", "rm")  # what the PPO stages need, in order
 # stage -> (the checkpoint after which the kill lands, the last checkpoint)
 CHECKPOINTS = {"ppo_ptx": (2, 4)}
-PROGRAMS = {"pretrain": "instructjax.sft", "sft": "instructjax.sft", "rm": "instructjax.reward",
-            "ppo": "instructjax.ppo", "ppo_ptx": "instructjax.ppo",
+PROGRAMS = {**{s.name: s.program for s in stage_table.STAGES},
             "pipeline": "instructjax.pipeline"}
 
 
@@ -67,7 +67,7 @@ class _Programs:
 
   @staticmethod
   def command(run_dir, stage: str) -> list[str]:
-    flags = [f"--stage={stage}"] if stage not in ("rm", "pipeline") else []
+    flags = [f"--stage={stage}"] if stage != "pipeline" else []
     flags += [f"--config={CONFIG}", f"--workdir={run_dir}"]
     if stage in ("ppo", "ppo_ptx", "pipeline"):
       flags += PPO_FLAGS  # after --config, as ml_collections requires
@@ -168,11 +168,8 @@ def _init_state(config, stage: str):
   """The stage's state factory, as its program builds it: rng -> boxed state."""
   if stage in ppo.STAGES:
     cfg = model_config(config.model, field="config.model")
-    minibatches = config.ppo.rollout_batch_size // config.ppo.minibatch_size
-    tx = ppo.make_optimizer(config.ppo,
-                            config.ppo.iterations * config.ppo.epochs * minibatches)
-    return ppo.make_init_state(CausalLM(cfg), ScalarModel(cfg), tx, config.ppo)
-  return sft.make_init_state(_model(config, stage), config[stage], config.data.buckets[0])
+    return ppo.make_init_state(config.ppo, CausalLM(cfg), ScalarModel(cfg))
+  return make_init_state(_model(config, stage), config[stage], config.data.buckets[0])
 
 
 def _last_checkpoint(config, run_dir, stage: str):
@@ -265,20 +262,25 @@ def _export_files(stage_dir) -> dict:
 
 def test_killed_pipeline_resumes_mid_stage(programs, reference, tmp_path):
   config, ref_dir = reference
-  programs.ensure(ref_dir, (*CHAIN, "ppo", "ppo_ptx"))
+  before_ppo = ("pretrain", "pretrain_big", "sft", "rm")
+  programs.ensure(ref_dir, (*before_ppo, "ppo", "ppo_ptx"))
+  # The pipeline finds the reference's stages before PPO finished (their own kills are
+  # tested above) and is killed in PPO, while checkpoint 4 is half-written.
   run_dir = tmp_path / "run"
-  moment = _start_and_kill(programs, run_dir, "pipeline", run_dir / "sft" / "checkpoints",
-                           tmp_path / "killed.log", after=3, timeout=600)
-  finished = ("pretrain", "pretrain_big")
-  assert all(stage_export.is_exported(str(run_dir / s)) for s in finished), moment
-  assert not stage_export.is_exported(str(run_dir / "sft")), moment
-  before = {stage: _export_files(run_dir / stage) for stage in finished}
+  shutil.copytree(ref_dir / "testbed", run_dir / "testbed")
+  for stage in before_ppo:
+    shutil.copytree(ref_dir / stage / "export", run_dir / stage / "export")
+  before = {stage: _export_files(run_dir / stage) for stage in before_ppo}
+  first, last = CHECKPOINTS["ppo_ptx"]
+  moment = _start_and_kill(programs, run_dir, "pipeline", run_dir / "ppo" / "checkpoints",
+                           tmp_path / "killed.log", after=first, during_save_of=last)
+  assert not stage_export.is_exported(str(run_dir / "ppo")), moment
 
   rerun = programs.run(run_dir, "pipeline", timeout=900)
-  for stage in finished:
+  for stage in before_ppo:
     assert f"[{stage}] finished earlier, reused" in rerun.stdout, f"{moment}\n{rerun.stdout}"
     assert _export_files(run_dir / stage) == before[stage], f"{moment}: {stage} was rewritten"
-  assert "[sft] resumed from step " in rerun.stdout, f"{moment}\n{rerun.stdout}"
+  assert f"[ppo] resumed from iteration {first}" in rerun.stdout, f"{moment}\n{rerun.stdout}"
   assert os.path.exists(run_dir / "report.md"), moment
-  for stage in ("pretrain", "sft", "rm", "ppo", "ppo_ptx"):
+  for stage in ("ppo", "ppo_ptx"):
     _assert_exports_equal(config, run_dir, ref_dir, stage, moment)

@@ -1,4 +1,4 @@
-"""make_rollout on a tiny policy whose reference is itself, checked field by field
+"""The rollout (sampling.generate, then score_rollout) on a tiny policy whose reference is itself, checked field by field
 against plain numpy forwards and Python loops over the rollout's masks."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from flax.core import meta
 
 from instructjax import sampling
 from instructjax.models import CausalLM, ModelConfig, ScalarModel
-from instructjax.rollout import make_rollout
+from instructjax.rollout import score_rollout
 
 CFG = ModelConfig(arch="llama", vocab_size=64, d_model=32, n_layers=2, n_heads=4,
                   n_kv_heads=2, max_len=32, tie_embeddings=False)
@@ -68,10 +68,12 @@ def setup():
   # The policy is its own reference: same parameters under both names.
   params = {"policy": policy_params, "ref": policy_params, "value": value_params,
             "reward": reward_params}
-  rollout = make_rollout(
-      params, prompt_tokens, prompt_mask, np.arange(B, dtype=np.int32), keys[5],
+  sample = sampling.generate(policy, params["policy"], prompt_tokens, prompt_mask, keys[5],
+                             config=config)
+  rollout = score_rollout(
+      params, sample, jnp.asarray(prompt_mask), np.arange(B, dtype=np.int32),
       jnp.float32(KL_COEF), policy=policy, value_model=scalar, reward_model=scalar,
-      sampling_config=config, reward_bias=REWARD_BIAS, gamma=GAMMA, lam=LAM,
+      temperature=config.temperature, reward_bias=REWARD_BIAS, gamma=GAMMA, lam=LAM,
       whiten_rewards=False, no_eos_penalty=NO_EOS_PENALTY)
   rollout = jax.tree.map(np.asarray, rollout)
   # Response lengths from the tokens alone: up to and including the first EOS.

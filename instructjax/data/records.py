@@ -24,6 +24,8 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Union
 
+from instructjax.atomic_write import write_atomic
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -203,11 +205,11 @@ def read_jsonl(paths: PathLike | Sequence[PathLike], kind: str, *,
 
 
 def write_jsonl(path: PathLike, records: Iterable[Record]) -> None:
-  """Writes records as generic JSON lines (gzip-compressed when `path` ends in .gz)."""
-  opener = gzip.open if os.fspath(path).endswith(".gz") else open
-  with opener(path, "wt", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record_to_json(record), ensure_ascii=False) + "\n")
+  """Writes records as generic JSON lines (gzip-compressed when `path` ends in .gz), all
+  at once: a reader never finds half a file."""
+  text = "".join(json.dumps(record_to_json(r), ensure_ascii=False) + "\n" for r in records)
+  data = text.encode("utf-8")
+  write_atomic(path, gzip.compress(data) if os.fspath(path).endswith(".gz") else data)
 
 
 def sft_from_rankings(records: Iterable[RankingRecord]) -> list[SftRecord]:

@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 import transformers
 
+from instructjax.atomic_write import write_json
 from instructjax.data import records, tokenize
 from instructjax.data import testbed as testbed_lib
 
@@ -69,9 +70,7 @@ def prepare_testbed(config: ml_collections.ConfigDict, directory: str) -> testbe
   testbed_lib.write_testbed(bed, directory)
   testbed_lib.train_tokenizer(bed, os.path.join(directory, "tokenizer"),
                               vocab_size=config.data.tokenizer_vocab_size)
-  with open(card_path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(card, f)
-  os.replace(card_path + ".tmp", card_path)
+  write_json(card_path, card)
   return bed
 
 

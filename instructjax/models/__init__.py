@@ -1,6 +1,6 @@
 """Decoder-only transformers (GPT-2 and Llama families) and their HF checkpoint interop."""
 
-from instructjax.models.config import ModelConfig
+from instructjax.models.model_config import ModelConfig
 from instructjax.models.hf_interop import from_hf, to_hf
 from instructjax.models.transformer import CausalLM, ScalarModel, last_token_value
 

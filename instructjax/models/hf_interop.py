@@ -31,7 +31,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from instructjax.models.config import ModelConfig
+from instructjax.models.model_config import ModelConfig
 from instructjax.models.transformer import CausalLM
 
 # HF architecture name -> model_type; both must agree with config.json.

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from instructjax.models.config import ModelConfig
+from instructjax.models.model_config import ModelConfig
 
 _INIT = nn.initializers.normal(stddev=0.02)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from instructjax.models.config import ModelConfig
+from instructjax.models.model_config import ModelConfig
 from instructjax.models.layers import Attention, Mlp, make_norm
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)

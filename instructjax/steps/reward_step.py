@@ -40,9 +40,3 @@ def reward_step(state: TrainState, batch: RankingBatch, *, accum_steps: int = 1,
   return state, {**sums, **update_metrics, "loss": loss,
                  "accuracy": sums["pair_correct_sum"] / jnp.maximum(sums["pair_count"], 1)}
 
-
-def reward_eval_step(params, batch: RankingBatch, *, apply_fn):
-  """Ranking loss and accuracy sums on held-out comparisons (no gradients)."""
-  rewards = ranking_rewards(apply_fn, params, batch)
-  _, metrics = losses.ranking_loss(rewards=rewards, response_mask=batch.response_mask)
-  return metrics

@@ -39,14 +39,18 @@ def training_flops(config: ml_collections.ConfigDict, params: dict[str, int]) ->
 
 
 def evaluate_claims(results: dict[str, Any]) -> list[dict]:
+  """Each of the paper's claims, judged on results.json's content."""
+  return [claim(results) for claim in (
+      _aligned_small_beats_large_vanilla, _alignment_cost_modest,
+      _held_out_labelers_generalize, _ptx_reduces_alignment_tax, _win_rate_ordering)]
+
+
+def _aligned_small_beats_large_vanilla(results: dict[str, Any]) -> dict:
   models = results["models"]
   h2h = results["head_to_head"]
-  flops = results["flops"]
-  claims = []
-
-  beats = h2h["ppo_ptx_vs_vanilla_big_train_labelers"]
-  beats_prompted = h2h["ppo_ptx_vs_vanilla_big_fewshot_train_labelers"]
-  claims.append({
+  beats = h2h["vanilla_big"]["train_labelers"]  # PPO-ptx against the large vanilla LM
+  beats_prompted = h2h["vanilla_big_fewshot"]["train_labelers"]
+  return {
       "id": "aligned_small_beats_large_vanilla",
       "paper": "Outputs of the 1.3B InstructGPT (PPO-ptx) are preferred to those of the "
                "100x larger 175B GPT-3.",
@@ -59,11 +63,14 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
                    "ci_low_prompted": beats_prompted["ci_low"],
                    "params_ratio": models["vanilla_big"]["params"] / models["ppo_ptx"]["params"]},
       "reproduced": bool(beats["ci_low"] > 0.5 and beats_prompted["ci_low"] > 0.5),
-  })
+  }
 
+
+def _alignment_cost_modest(results: dict[str, Any]) -> dict:
+  flops = results["flops"]
   alignment = flops["sft"] + flops["rm"] + flops["ppo_ptx"]
   ratio = alignment / flops["pretrain"]
-  claims.append({
+  return {
       "id": "alignment_cost_modest",
       "paper": "SFT + PPO-ptx cost about 60 petaflop/s-days against 3,640 for pretraining "
                "GPT-3 (under 2%).",
@@ -73,11 +80,14 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
       "measured": {"alignment_flops": alignment, "pretrain_flops": flops["pretrain"],
                    "ratio": ratio},
       "reproduced": bool(ratio < 0.25),
-  })
+  }
 
+
+def _held_out_labelers_generalize(results: dict[str, Any]) -> dict:
+  models = results["models"]
   train = _rate(models, "ppo_ptx", "train_labelers")
   held = _rate(models, "ppo_ptx", "heldout_labelers")
-  claims.append({
+  return {
       "id": "held_out_labelers_generalize",
       "paper": "Held-out labelers, who wrote no training data, prefer InstructGPT about as "
                "often as the training labelers do.",
@@ -87,13 +97,16 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
                    "win_rate_heldout_labelers": held["rate"],
                    "difference": held["rate"] - train["rate"]},
       "reproduced": bool(held["rate"] > 0.5 and abs(held["rate"] - train["rate"]) <= 0.1),
-  })
+  }
 
+
+def _ptx_reduces_alignment_tax(results: dict[str, Any]) -> dict:
+  models = results["models"]
   tax_ppo = models["ppo"]["pretrain_loss"] - models["sft"]["pretrain_loss"]
   tax_ptx = models["ppo_ptx"]["pretrain_loss"] - models["sft"]["pretrain_loss"]
   ppo_rate = _rate(models, "ppo")["rate"]
   ptx_rate = _rate(models, "ppo_ptx")["rate"]
-  claims.append({
+  return {
       "id": "ptx_reduces_alignment_tax",
       "paper": "PPO-ptx reduces the regressions on the pretraining distribution that PPO "
                "causes, without hurting labeler preference.",
@@ -106,11 +119,14 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
                    "win_rate_ppo": ppo_rate, "win_rate_ppo_ptx": ptx_rate},
       "reproduced": bool((models["ppo_ptx"]["pretrain_loss"] < models["ppo"]["pretrain_loss"]
                      and ptx_rate >= ppo_rate - 0.05)),
-  })
+  }
 
+
+def _win_rate_ordering(results: dict[str, Any]) -> dict:
+  models = results["models"]
   order = {name: _rate(models, name)["rate"]
            for name in ("ppo_ptx", "ppo", "vanilla_big_fewshot", "vanilla_big")}
-  claims.append({
+  return {
       "id": "win_rate_ordering",
       "paper": "Win rate against the SFT baseline: PPO-ptx ~ PPO > SFT > GPT-3 (prompted) "
                "> GPT-3.",
@@ -121,5 +137,4 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
       "reproduced": bool((order["ppo"] > 0.5 and order["ppo_ptx"] > 0.5
                      and abs(order["ppo"] - order["ppo_ptx"]) <= 0.1
                      and 0.5 > order["vanilla_big_fewshot"] > order["vanilla_big"])),
-  })
-  return claims
+  }

@@ -253,11 +253,6 @@ class BatchIterator:
     self.step = 0  # global batches yielded so far
     self._permutations: dict[int, np.ndarray] = {}
 
-  @property
-  def epoch(self) -> float:
-    """Fractional epochs consumed, for logging."""
-    return self.step * self.batch_size / len(self.records)
-
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch not in self._permutations:
       # Only the epochs of the current batch are kept (a batch spans at most a few).

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from instructjax import losses, sampling, sharding
-from instructjax.data import pipeline, records, testbed, tokenize
+from instructjax.data import batching, records, testbed, tokenize
 from instructjax.data.batches import PromptBatch
 
 
@@ -26,7 +26,7 @@ def lm_loss(apply_fn, params, rows: Sequence[Any], batcher, *, batch_size: int,
             mesh, max_batches: int = 0) -> float:
   """Mean next-token loss over rows' masked tokens (every row once, or max_batches)."""
   total, count = 0.0, 0.0
-  for i, batch in enumerate(pipeline.iterate_once(rows, batcher, batch_size=batch_size)):
+  for i, batch in enumerate(batching.iterate_once(rows, batcher, batch_size=batch_size)):
     if max_batches and i >= max_batches:
       break
     loss_sum, n = _loss_sums(params, sharding.shard_batch(batch, mesh), apply_fn=apply_fn)
@@ -46,10 +46,10 @@ def sample_responses(model, params, prompts: Sequence[str], tokenizer, *,
                      sampling_config: sampling.SamplingConfig, batch_size: int,
                      buckets: Sequence[int], mesh, rng: jax.Array) -> list[str]:
   """Decoded responses (up to EOS) to each prompt, batched and left-padded."""
-  batcher = pipeline.PromptBatcher(tokenizer, buckets=buckets)
+  batcher = batching.PromptBatcher(tokenizer, buckets=buckets)
   rows = [records.PromptRecord(p) for p in prompts]
   out: list[str] = []
-  for i, batch in enumerate(pipeline.iterate_once(rows, batcher, batch_size=batch_size)):
+  for i, batch in enumerate(batching.iterate_once(rows, batcher, batch_size=batch_size)):
     batch = sharding.shard_batch(fill_padding_rows(batch), mesh)
     result = sampling.generate(model, params, batch.prompt_tokens, batch.prompt_mask,
                                jax.random.fold_in(rng, i), config=sampling_config)

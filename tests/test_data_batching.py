@@ -9,7 +9,7 @@ import pytest
 import tokenizers
 import transformers
 
-from instructjax.data.pipeline import (BatchIterator, PretrainBatcher, PromptBatcher,
+from instructjax.data.batching import (BatchIterator, PretrainBatcher, PromptBatcher,
                                        RankingBatcher, SftBatcher, bucket_length,
                                        iterate_once)
 from instructjax.data.records import (DataError, PromptRecord, RankingRecord, SftRecord,

@@ -22,16 +22,18 @@ import json
 import math
 import os
 import re
-import tempfile
 from typing import Any, Mapping, Sequence, Union
 
-from instructjax import plots
+from instructjax import stage_table
+from instructjax.atomic_write import write_atomic
+from instructjax.evaluation import plots
+from instructjax.evaluation.final_eval import CHAMPION
 
 PLOTS_DIR = "plots"
 MAX_SAMPLE_PROMPTS = 5  # the report shows every model's responses to this many prompts
 MAX_RESPONSE_CHARS = 600  # longer responses are cut in the samples table
 
-_STAGES = ("testbed", "pretrain", "pretrain_big", "sft", "rm", "ppo", "ppo_ptx", "eval")
+_TIMED = ("testbed", *stage_table.NAMES, "eval")  # rows of the compute table, in order
 # The compute that produced the final aligned model (PPO-ptx), as in the paper's
 # "SFT + PPO-ptx vs GPT-3 pretraining" comparison; the RM is counted too because here
 # it is trained on the same small model.
@@ -72,8 +74,10 @@ def validate_results(results: Mapping[str, Any]) -> None:
               f"{where}['win_rate_vs_sft'][{group!r}]")
     for i, sample in enumerate(model["samples"]):
       _fields(sample, ("prompt", "response", "gold"), f"{where}['samples'][{i}]")
-  for pair, stats in results["head_to_head"].items():
-    _fields(stats, ("rate", "ci_low", "ci_high", "n"), f"results['head_to_head'][{pair!r}]")
+  for rival, groups in results["head_to_head"].items():
+    for group, stats in groups.items():
+      _fields(stats, ("rate", "ci_low", "ci_high", "n"),
+              f"results['head_to_head'][{rival!r}][{group!r}]")
   _fields(results["rm_accuracy"], [g for g, _ in _LABELER_GROUPS], "results['rm_accuracy']")
   _fields(results["stage_times_s"], (), "results['stage_times_s']")
   _fields(results["flops"], (), "results['flops']")
@@ -196,16 +200,10 @@ def _label(models: Mapping[str, Any], name: str) -> str:
   return models[name]["label"] if name in models else name
 
 
-def _pair_title(models: Mapping[str, Any], pair: str) -> str:
-  """'ppo_ptx_vs_vanilla_big_train_labelers' -> 'PPO-ptx vs <label> (training labelers)'."""
-  first, _, second = pair.partition("_vs_")
-  judges = ""
-  for group, title in _LABELER_GROUPS:
-    if second.endswith("_" + group):
-      second, judges = second[:-len(group) - 1], f" ({title})"
-  if first not in models or second not in models:
-    return pair
-  return f"{models[first]['label']} vs {models[second]['label']}{judges}"
+def _pair_title(models: Mapping[str, Any], rival: str, group: str) -> str:
+  """-> 'PPO-ptx vs <rival's label> (training labelers)'."""
+  judges = dict(_LABELER_GROUPS).get(group, group)
+  return f"{_label(models, CHAMPION)} vs {_label(models, rival)} ({judges})"
 
 
 def _summary(results: Mapping[str, Any]) -> str:
@@ -264,8 +262,9 @@ def _model_blocks(results: Mapping[str, Any]) -> list[Block]:
              "Win vs SFT, held-out labelers (95% CI; n)", "KL to SFT", "Pretraining loss"), rows),
   ]
   if results["head_to_head"]:
-    pairs = [(_pair_title(models, pair), _rate(stats))
-             for pair, stats in results["head_to_head"].items()]
+    pairs = [(_pair_title(models, rival, group), _rate(stats))
+             for rival, groups in results["head_to_head"].items()
+             for group, stats in groups.items()]
     blocks += [Heading(3, "Head to head"),
                Paragraph("Rate at which the first model's response was preferred."),
                Table(("Comparison", "Win rate (95% CI; n)"), pairs)]
@@ -284,7 +283,7 @@ def _reward_model_blocks(accuracy: Mapping[str, float]) -> list[Block]:
 
 def _compute_blocks(results: Mapping[str, Any]) -> list[Block]:
   flops, times = results["flops"], results["stage_times_s"]
-  stages = [s for s in _STAGES if s in flops or s in times]
+  stages = [s for s in _TIMED if s in flops or s in times]
   stages += [s for s in list(flops) + list(times) if s not in stages]
   rows = [(s, _sci(flops.get(s)), _seconds(times.get(s))) for s in stages]
   rows.append(("total", _sci(sum(flops.values())), _seconds(sum(times.values()))))
@@ -477,22 +476,6 @@ def _plain_json(value: Any) -> Any:
   return value
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  """Readers see the old file or the whole new one, never a partial write."""
-  directory = os.path.dirname(path) or "."
-  handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                 dir=directory)
-  try:
-    with os.fdopen(handle, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def claims_summary(results: Mapping[str, Any]) -> dict[str, Any]:
   """The content of claims.json."""
   fields = ("id", "paper", "criterion", "measured", "reproduced")
@@ -524,5 +507,5 @@ def write_report(results: dict, workdir: str) -> dict[str, str]:
   paths = {}
   for relative, data in outputs.items():
     paths[relative] = os.path.join(workdir, relative)
-    _write_atomic(paths[relative], data)
+    write_atomic(paths[relative], data)
   return paths

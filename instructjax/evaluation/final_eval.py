@@ -1,0 +1,192 @@
+"""The pipeline's evaluation: every model against the SFT policy, as the paper does.
+
+For the vanilla LMs (small and large, zero-shot and few-shot prompted), SFT, PPO and
+PPO-ptx: greedy answers to held-out prompts, their gold score, their win rate against
+the SFT policy's answers as judged by the simulated labelers (training and held-out
+labelers separately), the KL to SFT on the model's own samples, and the loss on
+held-out pretraining documents (the alignment tax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from instructjax import losses, sampling, sharding, stage_export, stage_table
+from instructjax.config import model_config
+from instructjax.data import batching, records, sources, testbed, tokenize
+from instructjax.evaluation import measures
+from instructjax.models import CausalLM
+
+N_SAMPLES = 4  # prompts whose answers the report shows for every model
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Contestant:
+  name: str
+  label: str
+  stage: str  # whose export holds its params (its architecture: the stage table's)
+  few_shot: bool = False
+
+
+CONTESTANTS = (
+    Contestant(name="vanilla", label="Vanilla LM (zero-shot)", stage="pretrain"),
+    Contestant(name="vanilla_fewshot", label="Vanilla LM (few-shot prompted)",
+               stage="pretrain", few_shot=True),
+    Contestant(name="vanilla_big", label="Large vanilla LM (zero-shot)", stage="pretrain_big"),
+    Contestant(name="vanilla_big_fewshot", label="Large vanilla LM (few-shot prompted)",
+               stage="pretrain_big", few_shot=True),
+    Contestant(name="sft", label="SFT", stage="sft"),
+    Contestant(name="ppo", label="PPO", stage="ppo"),
+    Contestant(name="ppo_ptx", label="PPO-ptx", stage="ppo_ptx"),
+)
+BASELINE = "sft"  # every contestant's win rate is against this one's answers
+CHAMPION = "ppo_ptx"  # the aligned model of the head-to-head comparisons
+RIVALS = ("vanilla_big", "vanilla_big_fewshot")  # what CHAMPION meets head to head
+LABELER_GROUPS = ("train_labelers", "heldout_labelers")
+
+
+def contestant(name: str) -> Contestant:
+  for c in CONTESTANTS:
+    if c.name == name:
+      return c
+  raise ValueError(f"unknown contestant {name!r}; known: {[c.name for c in CONTESTANTS]}")
+
+
+def few_shot_prompt(demos: Sequence[testbed.Example], example: testbed.Example) -> str:
+  shots = "".join(f"{d.prompt}{d.answer}\n\n" for d in demos)
+  return shots + example.prompt
+
+
+def win_rate(examples, responses: Sequence[str], baseline: Sequence[str], labelers) -> dict:
+  """Expected fraction of comparisons the responses win against the baseline's, with a
+  95% normal-approximation interval over prompts."""
+  per_prompt = np.array([
+      np.mean([l.preference_probability(e, a, b) for l in labelers])
+      for e, a, b in zip(examples, responses, baseline)])  # [N]
+  rate = float(per_prompt.mean())
+  half = 1.96 * float(per_prompt.std(ddof=1)) / np.sqrt(len(per_prompt))
+  return {"rate": rate, "ci_low": float(rate - half), "ci_high": float(rate + half),
+          "n": len(per_prompt)}
+
+
+@functools.partial(jax.jit, static_argnames=("policy", "reference", "prompt_len"))
+def _kl_sums(params, ref_params, tokens, token_mask, response_mask, *, policy, reference,
+             prompt_len):
+  """Per-sequence sum of log pi(y_t) - log pi_ref(y_t) over response tokens. -> [B]"""
+  def logprobs(model, p):
+    logits = model.apply({"params": p}, tokens, token_mask=token_mask)[:, prompt_len - 1:-1]
+    return losses.token_logprobs(logits, tokens[:, prompt_len:])  # [B, N]
+  diff = logprobs(policy, params) - logprobs(reference, ref_params)
+  return jnp.sum(jnp.where(response_mask > 0, diff, 0.0), axis=-1)
+
+
+def kl_to_reference(policy, params, reference, ref_params, prompts: Sequence[str], tokenizer,
+                    *, prompt_len: int, max_new_tokens: int, mesh, rng) -> float:
+  """Monte-Carlo KL(pi || pi_ref) in nats per response, on temperature-1 samples."""
+  config = sampling.SamplingConfig(max_new_tokens=max_new_tokens,
+                                   eos_id=tokenize.eos_id(tokenizer),
+                                   pad_id=tokenize.pad_id(tokenizer))
+  batcher = batching.PromptBatcher(tokenizer, buckets=(prompt_len,))
+  rows = [records.PromptRecord(p) for p in prompts]
+  kls = []
+  for i, batch in enumerate(batching.iterate_once(rows, batcher, batch_size=32)):
+    real = np.asarray(batch.example_index) >= 0
+    batch = sharding.shard_batch(measures.fill_padding_rows(batch), mesh)
+    out = sampling.generate(policy, params, batch.prompt_tokens, batch.prompt_mask,
+                            jax.random.fold_in(rng, i), config=config)
+    token_mask = jnp.concatenate([batch.prompt_mask, out.response_mask], axis=1)
+    kl = _kl_sums(params, ref_params, out.tokens, token_mask, out.response_mask,
+                  policy=policy, reference=reference, prompt_len=prompt_len)
+    kls.extend(np.asarray(kl)[real])
+  return float(np.mean(kls))
+
+
+class _Models:
+  """Each stage's exported policy, loaded once, with its architecture."""
+
+  def __init__(self, config, run_dir: str, mesh):
+    self._config, self._run_dir, self._mesh = config, run_dir, mesh
+    self._loaded: dict[str, tuple[Any, Any]] = {}
+
+  def __call__(self, stage: str):
+    if stage not in self._loaded:
+      section = stage_table.stage(stage).model_section
+      model = CausalLM(model_config(self._config[section], field=f"config.{section}"))
+      params, _ = stage_export.load_export(
+          os.path.join(self._run_dir, stage), sharding.abstract_params(model, self._mesh),
+          expected_stages=(stage,))
+      self._loaded[stage] = (model, params)
+    return self._loaded[stage]
+
+
+def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
+  """-> the 'models' and 'head_to_head' sections of results.json:
+  models[name] = {label, params, gold_score, pretrain_loss, samples, win_rate_vs_sft
+  [labeler group], kl_to_sft}; head_to_head[rival][labeler group] = CHAMPION's win rate
+  against the rival's answers."""
+  data = sources.load_data(config, run_dir)
+  bed = data.testbed
+  if bed is None:
+    raise ValueError("the pipeline's evaluation needs the embedded testbed "
+                     "(config.data.source='testbed'): its labelers and gold scores")
+  mesh = sharding.make_mesh(**config.mesh)
+  examples = bed.eval_prompts[:config.eval.prompts]
+  judges = {"train_labelers": [l for l in bed.labelers if not l.held_out],
+            "heldout_labelers": [l for l in bed.labelers if l.held_out]}
+  models = _Models(config, run_dir, mesh)
+  rng = jax.random.PRNGKey(config.seed + 7)
+  answers, results = {}, {}
+  for c in CONTESTANTS:
+    answers[c.name], results[c.name] = _answer(config, data, c, models(c.stage), examples,
+                                               mesh=mesh, rng=rng)
+  baseline_model, baseline_params = models(contestant(BASELINE).stage)
+  for c in CONTESTANTS:
+    results[c.name]["win_rate_vs_sft"] = {
+        group: win_rate(examples, answers[c.name], answers[BASELINE], labelers)
+        for group, labelers in judges.items()}
+    if c.few_shot:
+      results[c.name]["kl_to_sft"] = None  # its prompts differ from SFT's
+      continue
+    model, params = models(c.stage)
+    results[c.name]["kl_to_sft"] = kl_to_reference(
+        model, params, baseline_model, baseline_params, [e.prompt for e in examples],
+        data.tokenizer, prompt_len=config.data.max_prompt_len,
+        max_new_tokens=config.eval.max_new_tokens, mesh=mesh, rng=rng)
+  head_to_head = {rival: {group: win_rate(examples, answers[CHAMPION], answers[rival], labelers)
+                          for group, labelers in judges.items()}
+                  for rival in RIVALS}
+  return {"models": results, "head_to_head": head_to_head}
+
+
+def _answer(config, data, c: Contestant, model_and_params, examples, *, mesh, rng):
+  """-> (c's greedy answers to examples, its results entry so far)."""
+  model, params = model_and_params
+  tok = data.tokenizer
+  if c.few_shot:
+    demos = data.testbed.sft[:config.eval.few_shot]
+    prompts = [few_shot_prompt(demos, e) for e in examples]
+    prompt_len = model.config.max_len - config.eval.max_new_tokens
+  else:
+    prompts = [e.prompt for e in examples]
+    prompt_len = config.data.max_prompt_len
+  answers = measures.sample_responses(
+      model, params, prompts, tok,
+      sampling_config=measures.greedy_config(tok, max_new_tokens=config.eval.max_new_tokens),
+      batch_size=32, buckets=(prompt_len,), mesh=mesh, rng=rng)
+  doc_batcher = batching.PretrainBatcher(tok, buckets=tuple(config.data.buckets))
+  return answers, {
+      "label": c.label, "params": model.config.num_params(),
+      "gold_score": measures.mean_gold_score(examples, answers),
+      "pretrain_loss": measures.lm_loss(model.apply, params, data.read("pretrain_heldout"),
+                                        doc_batcher, batch_size=32, mesh=mesh),
+      "samples": [{"prompt": e.prompt, "response": r, "gold": testbed.score(e, r)}
+                  for e, r in zip(examples[:N_SAMPLES], answers)],
+  }

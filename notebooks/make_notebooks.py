@@ -329,7 +329,7 @@ sft.run(config, RUN_DIR, stage="pretrain")
 sft.run(config, RUN_DIR, stage="sft")
 reward.run(config, RUN_DIR)
 builtin = stage_export.read_card(os.path.join(RUN_DIR, "rm"), expected_stages=("rm",))
-print("built-in RM:", {k: round(v, 3) for k, v in builtin["final_eval"].items()})
+print("built-in RM:", {k: round(v, 3) for k, v in builtin.final_eval.items()})
 '''),
     ("markdown", '''
 ## The loss: a pure function returning `(loss, metrics)`

@@ -1,6 +1,7 @@
 """The notebooks: stored as their generator writes them, and 02 executed on the tiny
-`:test` config (every stage it needs really runs, hence the `slow` marker). Notebook 01
-runs on the quick pipeline's run directory, in test_pipeline.py. The notebooks are stored
+`:test` config, starting from the session's `test_run` stages (it trains its own RM, hence
+the `slow` marker). Notebook 01 runs on the quick pipeline's run directory, in
+test_pipeline.py. The notebooks are stored
 without outputs and written by notebooks/make_notebooks.py.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 
 import nbformat
 import pytest
@@ -28,9 +30,11 @@ def test_stored_notebooks_match_their_generator():
 
 
 @pytest.mark.slow
-def test_prototype_compares_the_new_loss_with_the_builtin(tmp_path):
-  # From the repository root (the other place a notebook may start from than notebooks/).
+def test_prototype_compares_the_new_loss_with_the_builtin(test_run, tmp_path):
   run_dir = tmp_path / "run"
+  for stage in ("testbed", "pretrain", "sft", "rm"):  # the notebook finds them finished
+    shutil.copytree(test_run[1] / stage, run_dir / stage)
+  # From the repository root (the other place a notebook may start from than notebooks/).
   notebook = execute("02_prototype_a_loss.ipynb", cwd=ROOT, run_dir=run_dir,
                      config="experiments/instructgpt_tiny.py:test")
 

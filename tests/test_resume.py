@@ -18,8 +18,9 @@ ppo_ptx exports equal to the per-stage reference runs' (the pipeline runs the sa
 code with the same config; its evaluation and report are not compared).
 
 All runs are subprocesses sharing a persistent XLA compilation cache: compiling is most
-of a run's time, and the interrupted runs compile what the reference already did. (The
-reference is a subprocess too, so both sides are the very command a user reruns.)
+of a run's time, and the interrupted runs compile what the reference already did. The
+reference runs are the session's `test_run` (conftest.py), each stage's command run once
+uninterrupted, so both sides are the very command a user reruns.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -38,69 +37,16 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from instructjax import ppo, sharding, stage_export, stage_table
+from instructjax import ppo, sharding, stage_export
 from instructjax.checkpoints import Checkpointer
-from instructjax.config import DEFAULT_CONFIG, load_config, model_config
+from instructjax.config import model_config
 from instructjax.models import CausalLM, ScalarModel
 from instructjax.train_state import make_init_state
 
-CONFIG = DEFAULT_CONFIG + ":test"  # 6 steps per stage, checkpoints at 3 and 6
-# PPO gets 4 iterations with checkpoints at 2 and 4 (the :test variant has 2 and 1).
-PPO_OVERRIDES = {"iterations": 4, "checkpoint_every": 2}
-PPO_FLAGS = [f"--config.ppo.{key}={value}" for key, value in PPO_OVERRIDES.items()]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARENTS = {"pretrain": (), "sft": ("pretrain",), "rm": ("sft",), "ppo": ("sft", "rm"),
            "ppo_ptx": ("sft", "rm")}
-CHAIN = ("pretrain", "sft", "rm")  # what the PPO stages need, in order
 # stage -> (the checkpoint after which the kill lands, the last checkpoint)
 CHECKPOINTS = {"ppo_ptx": (2, 4)}
-PROGRAMS = {**{s.name: s.program for s in stage_table.STAGES},
-            "pipeline": "instructjax.pipeline"}
-
-
-class _Programs:
-  """Runs the stage commands (or the pipeline's) with a shared compilation cache."""
-
-  def __init__(self, cache_dir):
-    self.env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-
-  @staticmethod
-  def command(run_dir, stage: str) -> list[str]:
-    flags = [f"--stage={stage}"] if stage != "pipeline" else []
-    flags += [f"--config={CONFIG}", f"--workdir={run_dir}"]
-    if stage in ("ppo", "ppo_ptx", "pipeline"):
-      flags += PPO_FLAGS  # after --config, as ml_collections requires
-    return [sys.executable, "-m", PROGRAMS[stage], *flags]
-
-  def start(self, run_dir, stage: str, log) -> subprocess.Popen:
-    return subprocess.Popen(self.command(run_dir, stage), cwd=REPO, env=self.env, stdout=log,
-                            stderr=subprocess.STDOUT)
-
-  def run(self, run_dir, stage: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(self.command(run_dir, stage), cwd=REPO, env=self.env,
-                            capture_output=True, text=True, timeout=timeout, check=False)
-    assert result.returncode == 0, f"{stage} in {run_dir}:\n{result.stderr[-3000:]}"
-    return result
-
-  def ensure(self, run_dir, stages) -> None:
-    """Runs each of the stages that is not exported in run_dir yet, in order."""
-    for name in stages:
-      if not stage_export.is_exported(str(run_dir / name)):
-        self.run(run_dir, name)
-
-
-@pytest.fixture(scope="module")
-def programs(tmp_path_factory):
-  return _Programs(tmp_path_factory.mktemp("xla_cache"))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  """(config, run dir) of the uninterrupted runs; a test runs the stages it needs."""
-  config = load_config(CONFIG)
-  config.ppo.update(PPO_OVERRIDES)  # as PPO_FLAGS do on the command line
-  return config, tmp_path_factory.mktemp("reference")
 
 
 def _listing(directory) -> list[str]:
@@ -215,10 +161,8 @@ def _assert_exports_equal(config, run_dir, ref_dir, stage: str, moment: str):
 @pytest.mark.parametrize("stage, when", [
     ("pretrain", "during_save"), ("sft", "random"), ("rm", "random"),
     ("ppo_ptx", "during_save")])
-def test_killed_stage_resumes_exactly(programs, reference, tmp_path, stage, when):
-  config, ref_dir = reference
-  chain = CHAIN[:CHAIN.index(stage) + 1] if stage in CHAIN else (*CHAIN, stage)
-  programs.ensure(ref_dir, chain)
+def test_killed_stage_resumes_exactly(programs, test_run, tmp_path, stage, when):
+  config, ref_dir = test_run  # the uninterrupted runs
   first, last = CHECKPOINTS.get(stage, (3, 6))
 
   # The interrupted run starts from the same testbed files and previous-stage exports.
@@ -260,10 +204,9 @@ def _export_files(stage_dir) -> dict:
   return files
 
 
-def test_killed_pipeline_resumes_mid_stage(programs, reference, tmp_path):
-  config, ref_dir = reference
+def test_killed_pipeline_resumes_mid_stage(programs, test_run, tmp_path):
+  config, ref_dir = test_run  # the uninterrupted runs
   before_ppo = ("pretrain", "pretrain_big", "sft", "rm")
-  programs.ensure(ref_dir, (*before_ppo, "ppo", "ppo_ptx"))
   # The pipeline finds the reference's stages before PPO finished (their own kills are
   # tested above) and is killed in PPO, while checkpoint 4 is half-written.
   run_dir = tmp_path / "run"

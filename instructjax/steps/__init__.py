@@ -1,0 +1,1 @@
+"""Pure train steps, (state, batch) -> (state, metrics): SFT, the reward model, PPO."""

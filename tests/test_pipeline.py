@@ -1,10 +1,13 @@
-"""The main job end to end on the quick variant: every stage, the evaluation and the
-report; a rerun reuses what is finished; and the quickstart notebook walks the same run
-stage by stage (each stage is found finished, so the notebook trains nothing again)."""
+"""The main job end to end on the quick variant, run by its command: every stage, the
+evaluation and the report; a rerun reuses what is finished; and the quickstart notebook
+walks the same run stage by stage (each stage is found finished, so the notebook trains
+nothing again)."""
 
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +16,7 @@ from instructjax.config import load_config
 from notebook_client import NOTEBOOKS, NUMBER, cell_printing, execute, figures, stdout
 
 QUICK = "experiments/instructgpt_tiny.py:quick"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CLAIM_IDS = {"aligned_small_beats_large_vanilla", "alignment_cost_modest",
              "held_out_labelers_generalize", "ptx_reduces_alignment_tax", "win_rate_ordering"}
@@ -20,9 +24,22 @@ CLAIM_IDS = {"aligned_small_beats_large_vanilla", "alignment_cost_modest",
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+  """(config, run dir, results) of the README's command on the quick variant, on one CPU
+  device (a laptop's setup; the faked 8-device mesh is for the sharding tests)."""
   run_dir = str(tmp_path_factory.mktemp("quick"))
-  config = load_config(QUICK)
-  return config, run_dir, pipeline.run(config, run_dir)
+  env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0",
+         "JAX_PLATFORMS": "cpu"}
+  done = subprocess.run(
+      [sys.executable, "-m", "instructjax.pipeline", f"--config={QUICK}",
+       f"--workdir={run_dir}"], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=1200, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "report: " in done.stdout
+  with open(os.path.join(run_dir, "eval", "results.json"), encoding="utf-8") as f:
+    results = json.load(f)
+  with open(os.path.join(run_dir, "stage_times.json"), encoding="utf-8") as f:
+    results["stage_times_s"] = json.load(f)
+  return load_config(QUICK), run_dir, results
 
 
 def test_every_stage_is_exported_and_timed(quick_run):

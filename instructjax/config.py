@@ -113,6 +113,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if ppo.adaptive_kl:
       _require(ppo.target_kl > 0, "ppo.target_kl", "must be > 0 when adaptive_kl is on")
     _require(0 <= ppo.ema_decay < 1, "ppo.ema_decay", f"{ppo.ema_decay} must be in [0, 1)")
+    _require(ppo.warmup_steps >= 0, "ppo.warmup_steps", f"{ppo.warmup_steps} must be >= 0")
   data = config.data
   _require(data.max_prompt_len >= 1, "data.max_prompt_len", "must be >= 1")
   _require(data.max_len > data.max_prompt_len, "data.max_len",

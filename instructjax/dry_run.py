@@ -6,11 +6,13 @@
 
 Builds the train states with `jax.eval_shape` (nothing is allocated) and the batches as
 `jax.ShapeDtypeStruct`s laid out as the stage programs lay them out, then lowers (and,
-where it is affordable, compiles) the functions the programs run, built by the programs' own builders: the SFT step, the
-reward-model step, the PPO sampler and rollout scorer, and the PPO step (PPO-ptx's, with
-its pretraining batch, when config.ppo.ptx_coef > 0). Batches take the largest shapes a run
-can see (the longest bucket, the configured batch sizes), so shape, sharding and config
-errors show up before a run starts rather than an hour into it. Prints one line per
+where it is affordable, compiles) the functions the programs run, made by the programs'
+own builders: the SFT step, the reward-model step, the PPO sampler and rollout scorer,
+and the PPO step (PPO-ptx's, with its pretraining batch, when config.ppo.ptx_coef > 0).
+The sampler is traced as one program: a run dispatches its two jits (prefill, then the
+decode loop) one after the other, so its memory line is an upper bound. Batches take the
+largest shapes a run can see (the longest bucket, the configured batch sizes), so shape,
+sharding and config errors show up before a run starts rather than an hour into it. Prints one line per
 step: lowering and compile time, the parameters it trains, the bytes per device of the
 state it carries, and the per-device memory XLA plans for it (compiled steps only).
 
@@ -321,7 +323,7 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "aut
     reports["sft_step"], _ = run("sft_step", _sft_step(config, mesh))
   if "reward_step" in steps:
     reports["reward_step"], _ = run("reward_step", _reward_step(config, mesh))
-  last = max(STEPS.index(name) for name in steps)
+  last = max((STEPS.index(name) for name in steps), default=-1)
   if last >= STEPS.index("sample"):
     ppo_steps = _PPOSteps(config, mesh)
     shapes = None  # each function's output shapes are the next one's input

@@ -24,6 +24,7 @@ from instructjax.atomic_write import write_json
 from instructjax.config import model_config
 from instructjax.data import sources
 from instructjax.evaluation import claims, final_eval, report
+from instructjax.evaluation.contestants import LABELER_GROUPS
 
 
 class StageTimes:
@@ -68,7 +69,7 @@ def evaluate(config: ml_collections.ConfigDict, run_dir: str) -> dict:
       config=config.to_dict(),
       flops=claims.training_flops(config, params),
       rm_accuracy={group: rm_card.final_eval.get(f"accuracy_{group}")
-                   for group in final_eval.LABELER_GROUPS},
+                   for group in LABELER_GROUPS},
       ppo_curves={s: _ppo_curve(run_dir, s) for s in stage_table.run_by("instructjax.ppo")})
   results["claims"] = claims.evaluate_claims(results)
   return results

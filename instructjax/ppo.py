@@ -148,8 +148,8 @@ def update(state: PPOState, rollout: Rollout, *, step, ptx, mesh,
   metrics = []
   for _ in range(ppo.epochs):
     permutation = order.permutation(ppo.rollout_batch_size)
-    for start in range(0, ppo.rollout_batch_size, size):
-      idx = permutation[start:start + size]
+    for m in range(ppo.rollout_batch_size // size):
+      idx = permutation[m * size:(m + 1) * size]
       minibatch = sharding.shard_batch(jax.tree.map(lambda x, i=idx: x[i], rollout), mesh)
       ptx_batch = sharding.shard_batch(next(ptx), mesh) if ptx is not None else None
       state, step_metrics = step(state, minibatch, ptx_batch)

@@ -1,8 +1,8 @@
-"""Stage 3's experience: sample responses, score them, and turn scores into advantages.
+"""Stage 3's experience: score sampled responses and turn the scores into advantages.
 
-The environment is a bandit: a prompt, a sampled response, the reward model's score at
-the end. Numbered steps follow the InstructGPT / Ziegler et al. recipe; every function
-here is pure and jit-compiled.
+The environment is a bandit: a prompt, a sampled response (step 1, `sampling.generate`),
+the reward model's score at the end. Numbered steps follow the InstructGPT / Ziegler et
+al. recipe; every function here is pure and jit-compiled.
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def _check_inputs(model: CausalLM, prompt_tokens, prompt_mask, config: SamplingC
     if value is not None and value >= model_cfg.vocab_size:
       raise ValueError(f"{name}={value} is outside the vocabulary (size {model_cfg.vocab_size})")
   if isinstance(prompt_mask, jax.core.Tracer):
-    return  # inside a caller's jit (e.g. the PPO rollout): values are not known here
+    return  # inside a caller's jit (e.g. the dry run's): values are not known here
   # Checked on the host: a [B, P] mask is small, and eager device ops would each compile.
   real = np.asarray(prompt_mask) > 0  # [B, P]
   empty = np.flatnonzero(~real.any(axis=-1))

@@ -148,14 +148,14 @@ def _check_finite(program: StageProgram, done: int, metrics, checkpointer) -> No
 def train(program: StageProgram) -> tuple[Any, dict[str, float]]:
   """Trains to program.cadence.total, resuming from the stage's checkpoints.
   -> (final state, sharded; its evaluation, {} without one)."""
-  cadence = program.cadence
+  every = program.cadence
   state, shardings = sharding.create_sharded(program.init_state, program.mesh,
                                              jax.random.PRNGKey(program.seed))
   # A fresh step counter is weakly typed (it starts as a Python 0) and a restored one is
   # not; one type keeps fresh and resumed runs on the same compiled step.
   state = state.replace(step=state.step.astype(state.step.dtype))
   checkpointer = Checkpointer(os.path.join(program.workdir, "checkpoints"),
-                              keep=cadence.keep_checkpoints, stage=program.name)
+                              keep=every.keep_checkpoints, stage=program.name)
   log_cfg = program.log or ml_collections.ConfigDict(dict(tensorboard=True, wandb_project=""))
   run_log = RunLog(program.workdir, stage=program.name, tensorboard=log_cfg.tensorboard,
                    wandb_project=log_cfg.wandb_project)
@@ -163,21 +163,21 @@ def train(program: StageProgram) -> tuple[Any, dict[str, float]]:
   try:
     state, start = _restore_or_begin(program, state, shardings, checkpointer)
     advance = program.build_advance(shardings)
-    with progress_bar(total=cadence.total, initial=start, desc=program.name) as bar:
+    with progress_bar(total=every.total, initial=start, desc=program.name) as bar:
       t0 = time.time()
-      for index in range(start, cadence.total):
+      for index in range(start, every.total):
         state, metrics = advance(state, index)
         done = index + 1
         _check_finite(program, done, metrics, checkpointer)
-        if cadence.due(cadence.log_every, done):
+        if every.due(every.log_every, done):
           rate = (done - start) / max(time.time() - t0, 1e-9)
           run_log.write(done, {**to_floats(metrics), f"{program.unit}s_per_s": rate},
                         prefix=program.metric_prefix)
           bar.set_postfix({k: f"{float(metrics[k]):.3f}" for k in program.progress_keys})
-        if program.evaluate is not None and cadence.due(cadence.eval_every, done):
+        if program.evaluate is not None and every.due(every.eval_every, done):
           final_eval = to_floats(program.evaluate(state))
           run_log.write(done, final_eval, prefix="eval/")
-        if cadence.due(cadence.checkpoint_every, done):
+        if every.due(every.checkpoint_every, done):
           checkpointer.save(done, state, extra={k: it.get_state()
                                                 for k, it in program.iterators.items()})
         bar.update(1)

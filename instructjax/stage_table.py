@@ -1,8 +1,8 @@
 """The stage graph, written once: every stage, what it starts from, and what runs it.
 
-The pipeline runs the stages in this order, the evaluation finds each model's
-architecture here, the report orders its tables by it, and each program looks up its
-own config sections here.
+The pipeline runs the stages in this order with the programs named here, the evaluation
+finds each model's architecture here, the report orders its tables by it, and each
+program takes its stage names (and SFT its config sections) from here.
 """
 
 from __future__ import annotations
@@ -17,23 +17,21 @@ class Stage:
   model_section: str  # config section of its architecture
   train_section: str  # config section of its hyperparameters
   program: str  # module that trains it: `python -m <program> --stage=<name>`
-  scalar_head: bool = False  # its export is a ScalarModel (the RM), not a CausalLM
-  label: str  # how the report names its model
 
 
 STAGES: tuple[Stage, ...] = (
     Stage(name="pretrain", parents=(), model_section="model", train_section="pretrain",
-          program="instructjax.sft", label="Vanilla LM"),
+          program="instructjax.sft"),
     Stage(name="pretrain_big", parents=(), model_section="big_model",
-          train_section="pretrain_big", program="instructjax.sft", label="Large vanilla LM"),
+          train_section="pretrain_big", program="instructjax.sft"),
     Stage(name="sft", parents=("pretrain",), model_section="model", train_section="sft",
-          program="instructjax.sft", label="SFT"),
+          program="instructjax.sft"),
     Stage(name="rm", parents=("sft",), model_section="model", train_section="rm",
-          program="instructjax.reward", scalar_head=True, label="Reward model"),
+          program="instructjax.reward"),
     Stage(name="ppo", parents=("sft", "rm"), model_section="model", train_section="ppo",
-          program="instructjax.ppo", label="PPO"),
+          program="instructjax.ppo"),
     Stage(name="ppo_ptx", parents=("sft", "rm"), model_section="model", train_section="ppo",
-          program="instructjax.ppo", label="PPO-ptx"),
+          program="instructjax.ppo"),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 

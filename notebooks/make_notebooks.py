@@ -423,7 +423,7 @@ def margin_reward_step(state, batch, *, margin, accum_steps=1):
     ("markdown", '''
 ## Training it like the RM stage
 
-The same pieces `instructjax.reward.run` hands to the shared train loop: the SFT trunk
+The same pieces `instructjax.reward.run` hands to the stage loop (`stage_loop.train`): the SFT trunk
 with a zero scalar head, the RM optimizer, the RM's comparisons and batch order (same
 seed, so the same batches), `config.rm.steps` steps, and evaluation on the held-out
 comparisons. The loop checkpoints to `RUN_DIR/rm_margin` and resumes from there when run

@@ -141,6 +141,10 @@ def test_rollout_longer_than_gpt2_positions_names_the_field():
     dry_run_lib.dry_run(config, devices=_devices(), mode="lower", verbose=False)
 
 
+def test_no_steps_asked_checks_the_config_only():
+  assert dry_run_lib.dry_run(_load("instructgpt_tiny.py"), steps=(), verbose=False) == {}
+
+
 def test_unknown_mode_step_and_variant():
   with pytest.raises(ValueError, match="mode='fast'"):
     dry_run_lib.dry_run(_load("instructgpt_tiny.py"), mode="fast")

@@ -10,8 +10,9 @@ One stage alone, with an override:
   python -m instructjax.sft --config=experiments/instructgpt_tiny.py --workdir=runs/demo \
       --config.sft.lr=3e-4
 
-Values are scaled down from the paper's (see ../shared/docs/instructgpt.md); the paper's
-own value is given in a comment where the field has one.
+Values are scaled down from the paper's (Ouyang et al. 2022, summarised in the project's
+shared docs/instructgpt.md); the paper's own value is given in a comment where the field
+has one.
 """
 
 import ml_collections

@@ -9,7 +9,6 @@ held-out pretraining documents (the alignment tax).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from typing import Any, Sequence
@@ -23,41 +22,11 @@ from instructjax import losses, sampling, sharding, stage_export, stage_table
 from instructjax.config import model_config
 from instructjax.data import batching, records, sources, testbed, tokenize
 from instructjax.evaluation import measures
+from instructjax.evaluation.contestants import (BASELINE, CHAMPION, CONTESTANTS, LABELER_GROUPS,
+                                               RIVALS, Contestant, contestant)
 from instructjax.models import CausalLM
 
 N_SAMPLES = 4  # prompts whose answers the report shows for every model
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Contestant:
-  name: str
-  label: str
-  stage: str  # whose export holds its params (its architecture: the stage table's)
-  few_shot: bool = False
-
-
-CONTESTANTS = (
-    Contestant(name="vanilla", label="Vanilla LM (zero-shot)", stage="pretrain"),
-    Contestant(name="vanilla_fewshot", label="Vanilla LM (few-shot prompted)",
-               stage="pretrain", few_shot=True),
-    Contestant(name="vanilla_big", label="Large vanilla LM (zero-shot)", stage="pretrain_big"),
-    Contestant(name="vanilla_big_fewshot", label="Large vanilla LM (few-shot prompted)",
-               stage="pretrain_big", few_shot=True),
-    Contestant(name="sft", label="SFT", stage="sft"),
-    Contestant(name="ppo", label="PPO", stage="ppo"),
-    Contestant(name="ppo_ptx", label="PPO-ptx", stage="ppo_ptx"),
-)
-BASELINE = "sft"  # every contestant's win rate is against this one's answers
-CHAMPION = "ppo_ptx"  # the aligned model of the head-to-head comparisons
-RIVALS = ("vanilla_big", "vanilla_big_fewshot")  # what CHAMPION meets head to head
-LABELER_GROUPS = ("train_labelers", "heldout_labelers")
-
-
-def contestant(name: str) -> Contestant:
-  for c in CONTESTANTS:
-    if c.name == name:
-      return c
-  raise ValueError(f"unknown contestant {name!r}; known: {[c.name for c in CONTESTANTS]}")
 
 
 def few_shot_prompt(demos: Sequence[testbed.Example], example: testbed.Example) -> str:
@@ -139,14 +108,16 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
                      "(config.data.source='testbed'): its labelers and gold scores")
   mesh = sharding.make_mesh(**config.mesh)
   examples = bed.eval_prompts[:config.eval.prompts]
-  judges = {"train_labelers": [l for l in bed.labelers if not l.held_out],
-            "heldout_labelers": [l for l in bed.labelers if l.held_out]}
+  train_group, heldout_group = LABELER_GROUPS
+  judges = {train_group: [l for l in bed.labelers if not l.held_out],
+            heldout_group: [l for l in bed.labelers if l.held_out]}
   models = _Models(config, run_dir, mesh)
   rng = jax.random.PRNGKey(config.seed + 7)
+  heldout_docs = data.read("pretrain_heldout")
   answers, results = {}, {}
   for c in CONTESTANTS:
     answers[c.name], results[c.name] = _answer(config, data, c, models(c.stage), examples,
-                                               mesh=mesh, rng=rng)
+                                               heldout_docs, mesh=mesh, rng=rng)
   baseline_model, baseline_params = models(contestant(BASELINE).stage)
   for c in CONTESTANTS:
     results[c.name]["win_rate_vs_sft"] = {
@@ -166,8 +137,10 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   return {"models": results, "head_to_head": head_to_head}
 
 
-def _answer(config, data, c: Contestant, model_and_params, examples, *, mesh, rng):
-  """-> (c's greedy answers to examples, its results entry so far)."""
+def _answer(config, data, c: Contestant, model_and_params, examples, heldout_docs, *, mesh,
+            rng):
+  """-> (c's greedy answers to examples, its results entry so far: gold score, loss on
+  heldout_docs, samples)."""
   model, params = model_and_params
   tok = data.tokenizer
   if c.few_shot:
@@ -185,8 +158,8 @@ def _answer(config, data, c: Contestant, model_and_params, examples, *, mesh, rn
   return answers, {
       "label": c.label, "params": model.config.num_params(),
       "gold_score": measures.mean_gold_score(examples, answers),
-      "pretrain_loss": measures.lm_loss(model.apply, params, data.read("pretrain_heldout"),
-                                        doc_batcher, batch_size=32, mesh=mesh),
+      "pretrain_loss": measures.lm_loss(model.apply, params, heldout_docs, doc_batcher,
+                                        batch_size=32, mesh=mesh),
       "samples": [{"prompt": e.prompt, "response": r, "gold": testbed.score(e, r)}
                   for e, r in zip(examples[:N_SAMPLES], answers)],
   }

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence, Union
 from instructjax import stage_table
 from instructjax.atomic_write import write_atomic
 from instructjax.evaluation import plots
-from instructjax.evaluation.final_eval import CHAMPION
+from instructjax.evaluation.contestants import CHAMPION, LABELER_TITLES
 
 PLOTS_DIR = "plots"
 MAX_SAMPLE_PROMPTS = 5  # the report shows every model's responses to this many prompts
@@ -39,8 +39,7 @@ _TIMED = ("testbed", *stage_table.NAMES, "eval")  # rows of the compute table, i
 # it is trained on the same small model.
 _ALIGNMENT_STAGES = ("sft", "rm", "ppo_ptx")
 _PAPER_ALIGNMENT_RATIO = 60 / 3640  # SFT + PPO-ptx vs GPT-3, petaflop/s-days (Ouyang et al.)
-_LABELER_GROUPS = (("train_labelers", "training labelers"),
-                   ("heldout_labelers", "held-out labelers"))
+_LABELER_GROUPS = tuple(LABELER_TITLES.items())  # (results key, title)
 
 
 class ReportError(ValueError):
@@ -75,6 +74,7 @@ def validate_results(results: Mapping[str, Any]) -> None:
     for i, sample in enumerate(model["samples"]):
       _fields(sample, ("prompt", "response", "gold"), f"{where}['samples'][{i}]")
   for rival, groups in results["head_to_head"].items():
+    _fields(groups, (), f"results['head_to_head'][{rival!r}]")  # {labeler group: stats}
     for group, stats in groups.items():
       _fields(stats, ("rate", "ci_low", "ci_high", "n"),
               f"results['head_to_head'][{rival!r}][{group!r}]")

@@ -12,9 +12,10 @@ and the PPO step (PPO-ptx's, with its pretraining batch, when config.ppo.ptx_coe
 The sampler is traced as one program: a run dispatches its two jits (prefill, then the
 decode loop) one after the other, so its memory line is an upper bound. Batches take the
 largest shapes a run can see (the longest bucket, the configured batch sizes), so shape,
-sharding and config errors show up before a run starts rather than an hour into it. Prints one line per
-step: lowering and compile time, the parameters it trains, the bytes per device of the
-state it carries, and the per-device memory XLA plans for it (compiled steps only).
+sharding and config errors show up before a run starts rather than an hour into it.
+Prints one line per step: lowering and compile time, the parameters it trains, the bytes
+per device of the state it carries, and the per-device memory XLA plans for it (compiled
+steps only).
 
 Modes: "lower" traces and lowers to StableHLO only (under a minute even for a 1B model on
 a CPU); "compile" also runs XLA (gives the memory plan; slow for real-size models on a

@@ -42,7 +42,7 @@ class StageTimes:
     write_json(self.path, self.times)
 
 
-def run_stage(config: ml_collections.ConfigDict, run_dir: str, stage: stage_table.Stage):
+def _run_program(config: ml_collections.ConfigDict, run_dir: str, stage: stage_table.Stage):
   """Runs one stage with the program the stage table names."""
   return importlib.import_module(stage.program).run(config, run_dir, stage=stage.name)
 
@@ -88,7 +88,7 @@ def run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
       print(f"[{stage.name}] finished earlier, reused", flush=True)
       continue
     start = time.time()
-    run_stage(config, run_dir, stage)
+    _run_program(config, run_dir, stage)
     times.add(stage.name, time.time() - start)
 
   results_path = os.path.join(run_dir, "eval", "results.json")

@@ -1,5 +1,6 @@
-"""The rollout (sampling.generate, then score_rollout) on a tiny policy whose reference is itself, checked field by field
-against plain numpy forwards and Python loops over the rollout's masks."""
+"""The rollout (sampling.generate, then score_rollout) on a tiny policy whose reference is
+itself, checked field by field against plain numpy forwards and Python loops over the
+rollout's masks."""
 
 from __future__ import annotations
 

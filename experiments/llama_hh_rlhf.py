@@ -1,15 +1,21 @@
-"""TinyLlama 1.1B (Llama-2 architecture) through SFT, RM and PPO(-ptx) on Anthropic HH-RLHF.
+"""Llama-family checkpoints through SFT, RM and PPO(-ptx) on Anthropic HH-RLHF.
 
-The vanilla LM is TinyLlama's final base checkpoint (3T tokens), not its chat model,
-which is already aligned. Variants: "" FSDP over all local devices; "gpu" one 80 GB GPU
-(four 1.1B models: policy, value, reference, reward); "tpu" a 16-chip slice (v4-32 or
-v5e-16: data 2 x fsdp 4 x tensor 2).
-
-Why not Llama 3.2 1B: its checkpoint uses "llama3" RoPE scaling, which
-instructjax.models.from_hf refuses (only unscaled RoPE is implemented).
+One config, a variant per starting checkpoint; each also takes "gpu" or "tpu"
+("qwen2.5-0.5b,gpu"):
+  ""              TinyLlama 1.1B (Llama 2 architecture); large vanilla LM: Llama 2 7B
+  "llama3.2-1b"   Llama 3.2 1B (llama3 RoPE scaling, tied head); large: Llama 3.1 8B
+  "qwen2.5-0.5b"  Qwen2.5 0.5B (q/k/v biases, tied head); large: Qwen2.5 7B
+  "qwen3-0.6b"    Qwen3 0.6B base (q/k RMSNorm, tied head); large: Qwen3 8B base
+  "mistral-7b"    Mistral 7B v0.1 (4096-token sliding window). No larger dense Mistral
+                  shares its tokenizer, so its vanilla baseline is the same 7B
+                  checkpoint: that comparison measures alignment at equal size.
+The vanilla LMs are base checkpoints, never chat or instruct models, which are already
+aligned. Meshes: no suffix, FSDP over all local devices; "gpu" one 80 GB GPU (four
+models: policy, value, reference, reward), or for Mistral 7B one host of 8 such GPUs;
+"tpu" a 16-chip slice (v4-32 or v5e-16: data 2 x fsdp 4 x tensor 2).
 
 Check the config first (seconds; no weights, no data; see instructjax/dry_run.py):
-  python -m instructjax.dry_run --config=experiments/llama_hh_rlhf.py:gpu
+  python -m instructjax.dry_run --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu
 
 0. Data: the same split files as experiments/gpt2_hh_rlhf.py (its step 0) in
    data/hh_rlhf; only the tokenizer differs, and it runs on the fly.
@@ -18,41 +24,86 @@ Check the config first (seconds; no weights, no data; see instructjax/dry_run.py
 python - <<'EOF'
 from instructjax import stage_export
 from instructjax.models import from_hf
-model, params = from_hf("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T")
-stage_export.save_export("runs/llama_hh/pretrain", params, stage_export.ExportCard(
+model, params = from_hf("Qwen/Qwen2.5-0.5B")  # config.hf_name.model of your variant
+stage_export.save_export("runs/qwen_hh/pretrain", params, stage_export.ExportCard(
     stage="pretrain", model=model.config.__dict__, steps=0))
 EOF
 2-4. SFT, the reward model, then PPO and PPO-ptx (each resumes if interrupted):
-     python -m instructjax.sft --config=experiments/llama_hh_rlhf.py:gpu \
-         --workdir=runs/llama_hh --stage=sft
-     python -m instructjax.reward --config=experiments/llama_hh_rlhf.py:gpu \
-         --workdir=runs/llama_hh
-     python -m instructjax.ppo --config=experiments/llama_hh_rlhf.py:gpu \
-         --workdir=runs/llama_hh --stage=ppo
-     python -m instructjax.ppo --config=experiments/llama_hh_rlhf.py:gpu \
-         --workdir=runs/llama_hh --stage=ppo_ptx
+     python -m instructjax.sft --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu \
+         --workdir=runs/qwen_hh --stage=sft
+     python -m instructjax.reward --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu \
+         --workdir=runs/qwen_hh
+     python -m instructjax.ppo --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu \
+         --workdir=runs/qwen_hh --stage=ppo
+     python -m instructjax.ppo --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu \
+         --workdir=runs/qwen_hh --stage=ppo_ptx
 Hyperparameters are the paper's where it gives one (../shared/docs/instructgpt.md),
 noted in the comments; its 1.3B model is the closest in size.
 """
 
 import ml_collections
 
-VARIANTS = ("", "gpu", "tpu")
+# The architecture of each HF checkpoint, from its config.json (from_hf checks them).
+_LLAMA3_ROPE = dict(rope_type="llama3", rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                    rope_original_max_len=8192, rope_theta=500000.0)
+_QWEN = dict(norm_eps=1e-6, rope_theta=1e6)
+_CHECKPOINTS = {
+    "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": dict(
+        vocab_size=32000, d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4, d_ff=5632,
+        max_len=2048, tie_embeddings=False),
+    "meta-llama/Llama-2-7b-hf": dict(
+        vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, d_ff=11008,
+        max_len=4096, tie_embeddings=False),
+    "meta-llama/Llama-3.2-1B": dict(
+        vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
+        d_ff=8192, max_len=131072, rope_factor=32.0, tie_embeddings=True, **_LLAMA3_ROPE),
+    "meta-llama/Llama-3.1-8B": dict(
+        vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+        max_len=131072, rope_factor=8.0, tie_embeddings=False, **_LLAMA3_ROPE),
+    "Qwen/Qwen2.5-0.5B": dict(
+        family="qwen2", vocab_size=151936, d_model=896, n_layers=24, n_heads=14,
+        n_kv_heads=2, d_ff=4864, max_len=32768, qkv_bias=True, tie_embeddings=True, **_QWEN),
+    "Qwen/Qwen2.5-7B": dict(
+        family="qwen2", vocab_size=152064, d_model=3584, n_layers=28, n_heads=28,
+        n_kv_heads=4, d_ff=18944, max_len=131072, qkv_bias=True, tie_embeddings=False,
+        **_QWEN),
+    "Qwen/Qwen3-0.6B-Base": dict(
+        family="qwen3", vocab_size=151936, d_model=1024, n_layers=28, n_heads=16,
+        n_kv_heads=8, head_dim=128, d_ff=3072, max_len=32768, qk_norm=True,
+        tie_embeddings=True, **_QWEN),
+    "Qwen/Qwen3-8B-Base": dict(
+        family="qwen3", vocab_size=151936, d_model=4096, n_layers=36, n_heads=32,
+        n_kv_heads=8, head_dim=128, d_ff=12288, max_len=32768, qk_norm=True,
+        tie_embeddings=False, **_QWEN),
+    "mistralai/Mistral-7B-v0.1": dict(
+        family="mistral", vocab_size=32000, d_model=4096, n_layers=32, n_heads=32,
+        n_kv_heads=8, d_ff=14336, max_len=32768, sliding_window=4096, tie_embeddings=False),
+}
+# variant name -> (policy checkpoint, large vanilla checkpoint; same tokenizer)
+_MODELS = {
+    "": ("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T", "meta-llama/Llama-2-7b-hf"),
+    "llama3.2-1b": ("meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.1-8B"),
+    "qwen2.5-0.5b": ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-7B"),
+    "qwen3-0.6b": ("Qwen/Qwen3-0.6B-Base", "Qwen/Qwen3-8B-Base"),
+    "mistral-7b": ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-v0.1"),
+}
+VARIANTS = tuple(",".join(filter(None, (name, mesh)))
+                 for name in _MODELS for mesh in ("", "gpu", "tpu"))
 
 
-def _model(*, d_model, n_layers, n_heads, n_kv_heads, d_ff, max_len, remat):
+def _model(hf_name, *, remat):
   return ml_collections.ConfigDict(dict(
-      arch="llama", vocab_size=32000, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-      n_kv_heads=n_kv_heads,  # grouped-query attention when fewer than n_heads
-      head_dim=0,  # d_model // n_heads = 64 (TinyLlama) or 128 (Llama 2 7B)
-      d_ff=d_ff,  # SwiGLU width
-      max_len=max_len,  # max_position_embeddings (RoPE: bounds nothing but the config)
-      norm_eps=1e-5, rope_theta=10000.0,
-      tie_embeddings=False,  # separate lm_head
+      arch="llama", family="llama", n_kv_heads=0,  # 0: as many as n_heads (no GQA)
+      head_dim=0,  # 0: d_model // n_heads
+      norm_eps=1e-5, rope_theta=10000.0, rope_type="default", rope_factor=1.0,
+      rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_len=0,
+      qkv_bias=False, out_bias=False, mlp_bias=False, qk_norm=False,
+      sliding_window=0,  # 0: every earlier token is attended to
       dropout_rate=0.2,  # paper: residual dropout 0.2 in SFT (applies in SFT and RM training)
       dtype="bfloat16",  # compute
       param_dtype="float32",  # weights and optimizer state
-      remat=remat))  # recompute each block in the backward pass to save memory
+      remat=remat,  # recompute each block in the backward pass to save memory
+  ) | _CHECKPOINTS[hf_name])
 
 
 def _train(*, steps, batch_size, lr, warmup_steps=0, weight_decay=0.0, accum_steps=1,
@@ -75,21 +126,21 @@ def _train(*, steps, batch_size, lr, warmup_steps=0, weight_decay=0.0, accum_ste
 def get_config(variant: str = ""):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
+  name, mesh = (variant.rsplit(",", 1) if "," in variant
+                else ("", variant) if variant in ("gpu", "tpu") else (variant, ""))
+  model, big_model = _MODELS[name]
   config = ml_collections.ConfigDict()
   config.seed = 0  # every rng in the run derives from it
 
   # The HF checkpoints the vanilla LMs start from (step 1 of the docstring).
   config.hf_name = ml_collections.ConfigDict(dict(
-      model="TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
-      # The larger vanilla LM the aligned one is compared with (same tokenizer).
-      big_model="meta-llama/Llama-2-7b-hf",
+      model=model,
+      big_model=big_model,  # the larger vanilla LM the aligned one is compared with
   ))
   # The policy, and the trunk of the reward and value models.
-  config.model = _model(d_model=2048, n_layers=22, n_heads=32, n_kv_heads=4, d_ff=5632,
-                        max_len=2048, remat=True)
+  config.model = _model(model, remat=True)
   # Evaluated as imported, never trained: "aligned small beats large vanilla".
-  config.big_model = _model(d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
-                            d_ff=11008, max_len=4096, remat=True)
+  config.big_model = _model(big_model, remat=True)
 
   # Device mesh (data x fsdp x tensor); -1 takes the devices that are left.
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
@@ -99,7 +150,7 @@ def get_config(variant: str = ""):
       dir="data/hh_rlhf",  # {sft, rm_train, rm_eval, ppo_prompts, eval_prompts, pretrain,
                            # pretrain_heldout}.jsonl
       tokenizer=config.hf_name.model,  # HF tokenizer (hub id or directory)
-      tokenizer_vocab_size=32000,  # (testbed only) the tokenizer's size
+      tokenizer_vocab_size=config.model.vocab_size,  # (testbed only) the tokenizer's size
       max_responses=2,  # K responses per ranked prompt: HH-RLHF pairs
       max_prompt_len=384,  # tokens; longer conversations are cut from the left
       max_len=512,  # prompt + response; responses are cut from the right
@@ -155,7 +206,11 @@ def get_config(variant: str = ""):
   ))
   config.log = ml_collections.ConfigDict(dict(tensorboard=True, wandb_project=""))
 
-  if variant == "gpu":  # one 80 GB GPU
+  if mesh == "gpu" and name == "mistral-7b":  # one host of 8 x 80 GB GPUs
+    config.mesh.update(data=1, fsdp=8, tensor=1)
+    config.ppo.update(rollout_batch_size=64, minibatch_size=8, ptx_batch_size=32,
+                      iterations=4000)
+  elif mesh == "gpu":  # one 80 GB GPU
     config.mesh.update(data=1, fsdp=1, tensor=1)
     config.sft.accum_steps = 4
     config.rm.accum_steps = 8
@@ -163,6 +218,6 @@ def get_config(variant: str = ""):
     # leave room for small rollouts only; ptx rows 4x (not 8x) the minibatch.
     config.ppo.update(rollout_batch_size=64, minibatch_size=8, ptx_batch_size=32,
                       iterations=4000)
-  elif variant == "tpu":  # 16 chips: every batch divides data x fsdp = 8
+  elif mesh == "tpu":  # 16 chips: every batch divides data x fsdp = 8
     config.mesh.update(data=2, fsdp=4, tensor=2)
   return config

@@ -23,7 +23,9 @@ from instructjax.models import from_hf, to_hf
 from instructjax.models.hf_interop import HFCheckpointError
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
-ARCHS = ("gpt2", "llama")
+# One directory per fixture of tests/fixtures/make_hf_fixtures.py.
+ARCHS = ("gpt2", "llama", "llama3_rope", "linear_rope", "mistral", "qwen2", "qwen2_tied",
+         "qwen3")
 TOL = 1e-4
 
 
@@ -64,15 +66,24 @@ def test_logits_match_transformers(loaded):
         f"logit scale {np.abs(ref['logits']).max():.1f}")
   assert err[0].max() < TOL
   assert err[1][real[1]].max() < TOL
+  original = model.config.rope_original_max_len
+  if original:  # scaled RoPE: the positions past the original context are covered too
+    beyond = err[0, original:]
+    print(f"{name}: positions {original}..{err.shape[1] - 1} (past the original context "
+          f"of {original}): max error {beyond.max():.2e}")
+    assert beyond.size and beyond.max() < TOL
 
 
 def test_greedy_matches_transformers_generate(loaded):
   name, model, params, ref = loaded
   prompt, expected = ref["gen_prompt_ids"], ref["gen_greedy_ids"]  # [B, P], [B, P + N]
+  assert not ref["gen_prompt_mask"][1].all()  # row 1 is left-padded
   batch, total = expected.shape
+  mask = np.ones((batch, total), np.int32)  # [B, P + N]
+  mask[:, :prompt.shape[1]] = ref["gen_prompt_mask"]
   # Causal attention: the logits at t - 1 ignore the zeros in later slots, so one
   # fixed-shape jitted forward serves every step.
-  forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
+  forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens, token_mask=mask))
   tokens = np.zeros((batch, total), np.int32)
   tokens[:, :prompt.shape[1]] = prompt
   for t in range(prompt.shape[1], total):
@@ -88,17 +99,17 @@ def test_greedy_with_kv_cache_matches_transformers_generate(loaded):
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.ones((batch, total), jnp.int32), decode=True))
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
-  decode = jax.jit(lambda cache, tokens, positions: model.apply(
-      {"params": params, "cache": cache}, tokens, positions=positions, decode=True,
-      mutable=["cache"]))
-  tokens = jnp.asarray(prompt)  # [B, P] first, then [B, 1] per step
-  positions = jnp.broadcast_to(jnp.arange(prompt.shape[1]), prompt.shape)
+  decode = jax.jit(lambda cache, tokens, positions, token_mask: model.apply(
+      {"params": params, "cache": cache}, tokens, positions=positions,
+      token_mask=token_mask, decode=True, mutable=["cache"]))
+  tokens, token_mask = jnp.asarray(prompt), jnp.asarray(ref["gen_prompt_mask"])  # [B, P]
+  positions = jnp.maximum(jnp.cumsum(token_mask, axis=1) - 1, 0)  # real tokens only
   out = [prompt]
-  for _ in range(total - prompt.shape[1]):
-    logits, mutated = decode(cache, tokens, positions)
+  for _ in range(total - prompt.shape[1]):  # then [B, 1] per step
+    logits, mutated = decode(cache, tokens, positions, token_mask)
     cache = mutated["cache"]
     tokens = jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32)  # [B, 1]
-    positions = positions[:, -1:] + 1
+    positions, token_mask = positions[:, -1:] + 1, jnp.ones_like(tokens)
     out.append(np.asarray(tokens))
   np.testing.assert_array_equal(np.concatenate(out, axis=1), expected, err_msg=name)
 
@@ -149,25 +160,40 @@ def test_to_hf_round_trips(name, tmp_path):
   for tensor_name, value in original.items():
     np.testing.assert_array_equal(written[tensor_name], value, err_msg=tensor_name)
 
+  # And transformers reads the same config back: every field but the token ids (not in
+  # ModelConfig), GPT-2's dropout (the model's own rate is written) and the path.
   new, old = (transformers.AutoConfig.from_pretrained(p) for p in (out, FIXTURES / name))
   assert type(new) is type(old)
-  assert new.architectures == old.architectures
-  if name == "gpt2":
-    fields = ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
-              "layer_norm_epsilon", "tie_word_embeddings", "activation_function"]
-    assert (new.n_inner or 4 * new.n_embd) == (old.n_inner or 4 * old.n_embd)
-  else:
-    fields = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
-              "max_position_embeddings", "rms_norm_eps", "rope_parameters",
-              "tie_word_embeddings", "attention_bias", "mlp_bias"]
-  for field in fields:
-    assert getattr(new, field) == getattr(old, field), field
+  ignored = {"bos_token_id", "eos_token_id", "_name_or_path", "embd_pdrop", "attn_pdrop",
+             "resid_pdrop"}
+  new_fields, old_fields = new.to_dict(), old.to_dict()
+  for field in sorted((set(new_fields) | set(old_fields)) - ignored):
+    assert new_fields.get(field) == old_fields.get(field), field
 
   model2, params2 = from_hf(out)
   assert model2.config == model.config
   assert jax.tree.structure(params2) == jax.tree.structure(params)
   jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_to_hf_output_generates_in_transformers(name, tmp_path):
+  """transformers' own PyTorch model, loaded from to_hf's files, decodes the fixture's
+  greedy tokens (left-padded prompts). Needs torch, which the test requirements leave
+  out: `pip install torch==2.13.0` to run it."""
+  torch = pytest.importorskip("torch")
+  model, params = from_hf(FIXTURES / name)
+  to_hf(model, params, tmp_path / "exported")
+  ref = np.load(FIXTURES / name / "reference.npz")
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+  prompt, expected = ref["gen_prompt_ids"], ref["gen_greedy_ids"]  # [B, P], [B, P + N]
+  with torch.no_grad():
+    greedy = hf_model.generate(
+        torch.from_numpy(prompt).long(),
+        attention_mask=torch.from_numpy(ref["gen_prompt_mask"]).long(), do_sample=False,
+        max_new_tokens=expected.shape[1] - prompt.shape[1], pad_token_id=0,
+        eos_token_id=None)
+  np.testing.assert_array_equal(greedy.numpy(), expected)
 
 
 def test_to_hf_bfloat16_and_boxed_params(tmp_path):
@@ -176,7 +202,9 @@ def test_to_hf_bfloat16_and_boxed_params(tmp_path):
   # Params straight from `model.init` are boxed in nn.LogicallyPartitioned.
   boxed = jax.tree.map(lambda x: nn.LogicallyPartitioned(x, (None,) * x.ndim), params)
   to_hf(model, boxed, tmp_path / "bf16")
-  assert transformers.AutoConfig.from_pretrained(tmp_path / "bf16").dtype == "bfloat16"
+  # A string without torch, torch.bfloat16 with it.
+  dtype = transformers.AutoConfig.from_pretrained(tmp_path / "bf16").dtype
+  assert str(dtype).removeprefix("torch.") == "bfloat16"
   written = safetensors.numpy.load_file(tmp_path / "bf16" / "model.safetensors")
   assert written["model.norm.weight"].dtype == jnp.bfloat16
 
@@ -284,12 +312,63 @@ def test_mistral_without_sliding_window_loads_like_llama(tmp_path):
   directory = copy_fixture("llama", tmp_path)
   edit_config(directory, model_type="mistral", architectures=["MistralForCausalLM"],
               sliding_window=None)
-  _, params = from_hf(directory)
+  model, params = from_hf(directory)
+  assert model.config.family == "mistral" and model.config.sliding_window == 0
   _, expected = from_hf(FIXTURES / "llama")
   jax.tree.map(np.testing.assert_array_equal, params, expected)
-  edit_config(directory, sliding_window=4)
-  with pytest.raises(HFCheckpointError, match="sliding_window=4"):
+
+
+@pytest.mark.parametrize("fixture, changes, message", [
+    ("llama3_rope", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+                                         "original_max_position_embeddings": 32}},
+     r"rope_parameters.rope_type='yarn' is not supported"),
+    ("llama", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}},
+     r"rope_parameters.rope_type='dynamic' is not supported"),
+    ("llama", {"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported"),
+    # layer_types None: derived again from use_sliding_window and max_window_layers.
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1,
+               "layer_types": None},
+     r"layer_types=\['full_attention', 'sliding_attention'\] is not supported"),
+    ("qwen3", {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"]},
+     r"model_type 'qwen3_moe' is not supported \(mixture-of-experts"),
+    ("mistral", {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"]},
+     r"model_type 'mixtral' is not supported \(mixture-of-experts"),
+    ("llama", {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]},
+     r"model_type 'gpt_neox' is not supported; supported: .*Qwen3ForCausalLM"),
+])
+def test_unsupported_family_feature_names_field_and_value(tmp_path, fixture, changes, message):
+  directory = copy_fixture(fixture, tmp_path)
+  edit_config(directory, **changes)
+  with pytest.raises(HFCheckpointError, match=message):
     from_hf(directory)
+
+
+def test_qwen_sliding_window_in_every_layer_is_a_window(tmp_path):
+  directory = copy_fixture("qwen2", tmp_path)
+  edit_config(directory, use_sliding_window=True, sliding_window=4, max_window_layers=0,
+              layer_types=None)
+  model, params = from_hf(directory)
+  assert model.config.sliding_window == 4
+  to_hf(model, params, tmp_path / "exported")
+  exported = transformers.AutoConfig.from_pretrained(tmp_path / "exported")
+  assert exported.layer_types == ["sliding_attention"] * 2 and exported.sliding_window == 4
+
+
+def test_model_config_refuses_what_a_family_cannot_express():
+  from instructjax.models import ModelConfig
+  base = dict(arch="llama", vocab_size=32, d_model=16, n_layers=1, n_heads=2)
+  with pytest.raises(ValueError, match="qkv_bias=False is not possible for family 'qwen2'"):
+    ModelConfig(**base, family="qwen2")
+  with pytest.raises(ValueError, match="sliding_window=8 is not possible for family 'llama'"):
+    ModelConfig(**base, sliding_window=8)
+  with pytest.raises(ValueError, match="qk_norm=True is not possible for family 'gpt2'"):
+    ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, qk_norm=True)
+  with pytest.raises(ValueError, match="family='mistral' uses arch='llama', not 'gpt2'"):
+    ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, family="mistral")
+  with pytest.raises(ValueError, match="rope_type='yarn' is not one of"):
+    ModelConfig(**base, rope_type="yarn")
+  with pytest.raises(ValueError, match="rope_type='llama3' needs rope_original_max_len > 0"):
+    ModelConfig(**base, rope_type="llama3", rope_factor=8.0)
 
 
 def test_hub_name_offline_fails_fast(monkeypatch):
@@ -303,3 +382,39 @@ def test_hub_name_offline_fails_fast(monkeypatch):
 def test_missing_local_directory_is_not_sent_to_the_hub(tmp_path):
   with pytest.raises(HFCheckpointError, match="no such checkpoint directory"):
     from_hf(tmp_path / "nope")
+
+
+# Each family fixture must exercise its feature: with the feature switched off, the same
+# weights no longer match transformers. (Biases and q/k norms are checked by the tensor
+# table itself: a checkpoint with them does not load into a model without them.)
+@pytest.mark.parametrize("name, plain", [
+    ("llama3_rope", dict(rope_type="default", rope_factor=1.0)),
+    ("llama3_rope", dict(rope_type="linear")),
+    ("linear_rope", dict(rope_type="default", rope_factor=1.0)),
+    ("mistral", dict(sliding_window=0)),
+])
+def test_fixture_depends_on_its_feature(name, plain):
+  model, params = from_hf(FIXTURES / name)
+  ref = dict(np.load(FIXTURES / name / "reference.npz"))
+  ablated = type(model)(model.config.replace(**plain))
+  logits = ablated.apply({"params": params}, ref["input_ids"], token_mask=ref["attention_mask"])
+  assert np.abs(np.asarray(logits)[0] - ref["logits"][0]).max() > 100 * TOL
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_every_parameter_of_every_family_is_sharded(name):
+  """Biases, q/k norms and all: each parameter has logical names the rule table maps."""
+  from instructjax import sharding
+  model, params = from_hf(FIXTURES / name)
+  mesh = sharding.make_mesh(data=1, fsdp=-1, tensor=1, devices=jax.devices()[:4])
+  abstract = sharding.abstract_params(model, mesh)
+  assert jax.tree.structure(abstract) == jax.tree.structure(params)
+  kv = model.config.kv_heads * model.config.head_dim_
+  embed_sharded = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+    spec = leaf.sharding.spec
+    # The d_model axis of every matrix is split over fsdp (4 ways); vectors replicate.
+    embed_sharded += "fsdp" in jax.tree.leaves(tuple(spec))
+    if path[-1].key == "bias" and path[-2].key in ("k_proj", "v_proj"):
+      assert np.prod(leaf.shape) == kv, path
+  assert embed_sharded >= 2 + 5 * model.config.n_layers  # embedding, q/k/v/o, MLP

@@ -347,16 +347,23 @@ def test_sharded_prompts_and_params_give_the_same_output():
 # ------------------------------------------------------------------ HF reference parity
 
 
-@pytest.mark.parametrize("name", ARCHS)
+HF_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if (p / "reference.npz").exists())
+
+
+def test_every_family_has_a_fixture():
+  assert {"gpt2", "llama", "llama3_rope", "mistral", "qwen2", "qwen3"} <= set(HF_FIXTURES)
+
+
+@pytest.mark.parametrize("name", HF_FIXTURES)
 def test_greedy_matches_transformers_generate(name):
+  """The KV-cache sampler against `generate`, left-padded prompts (and Mistral's window,
+  scaled RoPE past the original context, Qwen's biases and q/k norms)."""
   fixture = FIXTURES / name
-  if not (fixture / "reference.npz").exists() or not hasattr(models, "from_hf"):
-    pytest.skip(f"HF fixture {fixture} or instructjax.models.from_hf not written yet")
   model, params = models.from_hf(fixture)
   reference = np.load(fixture / "reference.npz")
   prompt, expected = reference["gen_prompt_ids"], reference["gen_greedy_ids"]  # [B, P + N]
   config = sampling.SamplingConfig(max_new_tokens=expected.shape[1] - prompt.shape[1],
                                    greedy=True)
-  out = sampling.generate(model, params, prompt, np.ones_like(prompt), jax.random.key(0),
-                          config=config)
+  out = sampling.generate(model, params, prompt, reference["gen_prompt_mask"],
+                          jax.random.key(0), config=config)
   np.testing.assert_array_equal(out.tokens, expected)

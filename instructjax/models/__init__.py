@@ -1,4 +1,4 @@
-"""Decoder-only transformers (GPT-2 and Llama families) and their HF checkpoint interop."""
+"""Decoder-only transformers (GPT-2; Llama, Mistral, Qwen2, Qwen3) and HF checkpoint interop."""
 
 from instructjax.models.model_config import ModelConfig
 from instructjax.models.hf_interop import from_hf, to_hf

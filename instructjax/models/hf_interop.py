@@ -1,4 +1,9 @@
-"""Hugging Face checkpoints in and out: GPT-2 / Llama safetensors <-> `CausalLM` params.
+"""Hugging Face checkpoints in and out: safetensors <-> `CausalLM` params.
+
+Families: GPT-2, and the Llama architecture as Llama 1-3 (RoPE default / linear /
+llama3, optional biases), Mistral (sliding window), Qwen2 / Qwen2.5 (q/k/v biases) and
+Qwen3 (q/k RMSNorm). Anything else, including mixture-of-experts checkpoints, is refused
+with the config field and value that ask for it.
 
 Only safetensors are read (through its numpy backend; torch is never imported). Pickle
 checkpoints (pytorch_model.bin, *.pt, *.pkl) can run arbitrary code when loaded and are
@@ -32,6 +37,7 @@ import safetensors
 import safetensors.numpy
 
 from instructjax.models.model_config import ModelConfig
+from instructjax.models.rope import ROPE_TYPES
 from instructjax.models.transformer import CausalLM
 
 # HF architecture name -> model_type; both must agree with config.json.
@@ -39,7 +45,13 @@ SUPPORTED_ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
 }
+_ARCHITECTURE_OF = {t: a for a, t in SUPPORTED_ARCHITECTURES.items()}
+# Families whose feed-forward layers are mixtures of experts: named in the refusal.
+_MOE_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3",
+                    "llama4", "gpt_oss", "olmoe")
 # JSON, safetensors and tokenizer files; never *.bin / *.pt / *.pkl (pickle).
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "tokenizer.model"]
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -79,10 +91,10 @@ def from_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32",
     gives logits [B, T, V]. Dropout is 0; set it with `model.config.replace(...)`.
   """
   directory = _resolve(path_or_name)
-  config, family = _read_config(directory / "config.json", dtype=dtype, param_dtype=param_dtype)
+  config = _read_config(directory / "config.json", dtype=dtype, param_dtype=param_dtype)
   model = CausalLM(config)
   tensors = _read_tensors(directory)
-  tensors = _normalise_names(tensors, family, config)
+  tensors = _normalise_names(tensors, config)
   links = _links(config)
   _check_tensors(tensors, _hf_shapes(model, links), directory)
   params: dict[str, Any] = {}
@@ -165,7 +177,7 @@ def _resolve(path_or_name) -> pathlib.Path:
         f"Hub: {mode} ({type(e).__name__}: {e}). Pass a local checkpoint directory.") from e
 
 
-def _read_config(path: pathlib.Path, *, dtype: str, param_dtype: str) -> tuple[ModelConfig, str]:
+def _read_config(path: pathlib.Path, *, dtype: str, param_dtype: str) -> ModelConfig:
   if not path.is_file():
     raise HFCheckpointError(f"{path} not found: an HF checkpoint directory needs config.json")
   try:
@@ -175,8 +187,10 @@ def _read_config(path: pathlib.Path, *, dtype: str, param_dtype: str) -> tuple[M
   supported = ", ".join(f"{a} ({t})" for a, t in SUPPORTED_ARCHITECTURES.items())
   model_type = raw.get("model_type")
   if model_type not in SUPPORTED_ARCHITECTURES.values():
+    moe = " (mixture-of-experts layers are not implemented)" if (
+        model_type in _MOE_MODEL_TYPES) else ""
     raise HFCheckpointError(
-        f"{path}: model_type {model_type!r} is not supported; supported: {supported}")
+        f"{path}: model_type {model_type!r} is not supported{moe}; supported: {supported}")
   architectures = raw.get("architectures") or []
   for arch in architectures:
     if SUPPORTED_ARCHITECTURES.get(arch) != model_type:
@@ -191,14 +205,12 @@ def _read_config(path: pathlib.Path, *, dtype: str, param_dtype: str) -> tuple[M
     raise HFCheckpointError(f"{path}: invalid {model_type} config: {e}") from e
   try:
     if model_type == "gpt2":
-      config = _gpt2_config(hf, path, dtype=dtype, param_dtype=param_dtype)
-    else:
-      config = _llama_config(hf, path, dtype=dtype, param_dtype=param_dtype)
+      return _gpt2_config(hf, path, dtype=dtype, param_dtype=param_dtype)
+    return _llama_family_config(hf, path, dtype=dtype, param_dtype=param_dtype)
   except HFCheckpointError:
     raise
   except ValueError as e:  # ModelConfig's own validation
     raise HFCheckpointError(f"{path}: {e}") from e
-  return config, "gpt2" if model_type == "gpt2" else "llama"
 
 
 def _import_transformers():
@@ -233,27 +245,62 @@ def _gpt2_config(hf, path, *, dtype, param_dtype) -> ModelConfig:
       dtype=dtype, param_dtype=param_dtype)
 
 
-def _llama_config(hf, path, *, dtype, param_dtype) -> ModelConfig:
+def _llama_family_config(hf, path, *, dtype, param_dtype) -> ModelConfig:
+  """Llama, Mistral, Qwen2 and Qwen3: one architecture, told apart by a few fields."""
+  family = hf.model_type
   if hf.hidden_act != "silu":
     raise _unsupported(path, "hidden_act", hf.hidden_act, "'silu'")
-  if hf.attention_bias or hf.mlp_bias:
-    raise _unsupported(path, "attention_bias/mlp_bias", (hf.attention_bias, hf.mlp_bias),
-                       "(False, False)")
-  rope = hf.rope_parameters
-  if rope["rope_type"] != "default":
-    raise _unsupported(path, "rope_parameters.rope_type", rope["rope_type"],
-                       "'default' (no RoPE scaling)")
-  if hf.model_type == "mistral" and (hf.sliding_window or 0) and (
-      hf.sliding_window < hf.max_position_embeddings):
-    raise _unsupported(path, "sliding_window", hf.sliding_window,
-                       f"null or >= max_position_embeddings={hf.max_position_embeddings}")
+  if family in ("qwen2", "qwen3"):
+    _check_layer_types(hf, path)
+  # Which biases each family's modeling code creates (Mistral has no such fields).
+  attention_bias = getattr(hf, "attention_bias", False)
+  qkv_bias, out_bias = {"qwen2": (True, False), "mistral": (False, False)}.get(
+      family, (attention_bias, attention_bias))
   return ModelConfig(
-      arch="llama", vocab_size=hf.vocab_size, d_model=hf.hidden_size,
+      arch="llama", family=family, vocab_size=hf.vocab_size, d_model=hf.hidden_size,
       n_layers=hf.num_hidden_layers, n_heads=hf.num_attention_heads,
-      n_kv_heads=hf.num_key_value_heads or 0, head_dim=hf.head_dim or 0,
+      n_kv_heads=hf.num_key_value_heads or 0, head_dim=getattr(hf, "head_dim", None) or 0,
       d_ff=hf.intermediate_size, max_len=hf.max_position_embeddings,
-      norm_eps=hf.rms_norm_eps, rope_theta=float(rope["rope_theta"]),
-      tie_embeddings=hf.tie_word_embeddings, dtype=dtype, param_dtype=param_dtype)
+      norm_eps=hf.rms_norm_eps, qkv_bias=qkv_bias, out_bias=out_bias,
+      mlp_bias=getattr(hf, "mlp_bias", False), qk_norm=family == "qwen3",
+      sliding_window=_sliding_window(hf),
+      **_rope_fields(hf.rope_parameters, path), tie_embeddings=hf.tie_word_embeddings,
+      dtype=dtype, param_dtype=param_dtype)
+
+
+def _sliding_window(hf) -> int:
+  """The window every layer uses: Mistral's `sliding_window`, Qwen's when all layers slide."""
+  if hf.model_type == "mistral" or "sliding_attention" in (getattr(hf, "layer_types", None) or []):
+    return hf.sliding_window or 0
+  return 0
+
+
+def _check_layer_types(hf, path) -> None:
+  """Qwen2/3 can slide the window in some layers only; one window for all is supported."""
+  kinds = set(hf.layer_types or ["full_attention"])
+  if len(kinds) > 1 or not kinds <= {"full_attention", "sliding_attention"}:
+    raise _unsupported(
+        path, "layer_types", sorted(kinds),
+        "the same attention in every layer (set use_sliding_window=false, or "
+        "max_window_layers=0 to slide in all of them)")
+
+
+def _rope_fields(rope: dict, path) -> dict[str, Any]:
+  """ModelConfig's RoPE fields from HF's `rope_parameters`."""
+  rope_type = rope.get("rope_type", "default")
+  if rope_type not in ROPE_TYPES:
+    raise _unsupported(path, "rope_parameters.rope_type", rope_type, f"one of {ROPE_TYPES}")
+  if rope.get("partial_rotary_factor", 1.0) != 1.0:
+    raise _unsupported(path, "rope_parameters.partial_rotary_factor",
+                       rope["partial_rotary_factor"], "1.0 (every channel rotates)")
+  fields = dict(rope_theta=float(rope["rope_theta"]), rope_type=rope_type)
+  if rope_type in ("linear", "llama3"):
+    fields["rope_factor"] = float(rope["factor"])
+  if rope_type == "llama3":
+    fields.update(rope_low_freq_factor=float(rope["low_freq_factor"]),
+                  rope_high_freq_factor=float(rope["high_freq_factor"]),
+                  rope_original_max_len=int(rope["original_max_position_embeddings"]))
+  return fields
 
 
 def _weight_files(directory: pathlib.Path) -> dict[pathlib.Path, list[str] | None]:
@@ -305,8 +352,9 @@ def _read_tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
   return tensors
 
 
-def _normalise_names(tensors, family: str, config: ModelConfig) -> dict[str, np.ndarray]:
+def _normalise_names(tensors, config: ModelConfig) -> dict[str, np.ndarray]:
   """Adds the *ForCausalLM prefix if missing; drops buffers and a duplicate tied head."""
+  family = config.arch
   prefix = _BASE_PREFIX[family]
   if not any(name.startswith(prefix) for name in tensors):
     tensors = {n if n == _LM_HEAD else prefix + n: t for n, t in tensors.items()}
@@ -441,6 +489,18 @@ def _llama_links(config: ModelConfig) -> list[_Link]:
         _transposed(hf + "mlp.up_proj.weight", mlp + ("up_proj", "kernel"), (d, f)),
         _transposed(hf + "mlp.down_proj.weight", mlp + ("down_proj", "kernel"), (f, d)),
     ]
+    if config.qkv_bias:  # HF [heads * Dh] <-> ours [heads, Dh]
+      links += [_Link(hf + f"self_attn.{n}.bias", (attn + (n, "bias"),),
+                      lambda b, heads=heads: (b.reshape(heads, dh),), lambda b: b.reshape(-1))
+                for n, heads in (("q_proj", h), ("k_proj", kv), ("v_proj", kv))]
+    if config.out_bias:
+      links.append(_same(hf + "self_attn.o_proj.bias", attn + ("o_proj", "bias")))
+    if config.mlp_bias:
+      links += [_same(hf + f"mlp.{n}.bias", mlp + (n, "bias"))
+                for n in ("gate_proj", "up_proj", "down_proj")]
+    if config.qk_norm:
+      links += [_same(hf + f"self_attn.{n}.weight", attn + (n, "scale"))
+                for n in ("q_norm", "k_norm")]
   if not config.tie_embeddings:
     links.append(_transposed(_LM_HEAD, ("lm_head", "kernel"), (d, config.vocab_size)))
   return links
@@ -463,13 +523,37 @@ def _hf_config(config: ModelConfig):
         activation_function="gelu_new", layer_norm_epsilon=config.norm_eps,
         resid_pdrop=config.dropout_rate, embd_pdrop=config.dropout_rate, attn_pdrop=0.0,
         **common)
-  return transformers.LlamaConfig(
-      architectures=["LlamaForCausalLM"], hidden_size=config.d_model,
+  return _llama_family_hf_config(config, transformers, common)
+
+
+def _llama_family_hf_config(config: ModelConfig, transformers, common: dict):
+  """A Llama / Mistral / Qwen2 / Qwen3 config; ModelConfig already checked the family fits."""
+  family = config.hf_family
+  rope = {"rope_type": config.rope_type, "rope_theta": config.rope_theta}
+  if config.rope_type != "default":
+    rope["factor"] = config.rope_factor
+  if config.rope_type == "llama3":
+    rope.update(low_freq_factor=config.rope_low_freq_factor,
+                high_freq_factor=config.rope_high_freq_factor,
+                original_max_position_embeddings=config.rope_original_max_len)
+  fields = dict(
+      architectures=[_ARCHITECTURE_OF[family]], hidden_size=config.d_model,
       intermediate_size=config.ff_dim, num_hidden_layers=config.n_layers,
       num_attention_heads=config.n_heads, num_key_value_heads=config.kv_heads,
-      head_dim=config.head_dim_, max_position_embeddings=config.max_len,
-      rms_norm_eps=config.norm_eps,
-      rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta}, **common)
+      max_position_embeddings=config.max_len, rms_norm_eps=config.norm_eps,
+      hidden_act="silu", rope_parameters=rope, **common)
+  if family != "qwen2":  # Qwen2 derives head_dim from hidden_size / heads
+    fields["head_dim"] = config.head_dim_
+  if family in ("llama", "qwen3"):
+    fields["attention_bias"] = config.qkv_bias
+  if family == "llama":
+    fields["mlp_bias"] = config.mlp_bias
+  if family == "mistral":
+    fields["sliding_window"] = config.sliding_window or None
+  if family in ("qwen2", "qwen3") and config.sliding_window:  # in every layer
+    fields.update(use_sliding_window=True, sliding_window=config.sliding_window,
+                  max_window_layers=0)
+  return transformers.CONFIG_MAPPING[family](**fields)
 
 
 # --- params trees --------------------------------------------------------------------

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from instructjax.models.model_config import ModelConfig
+from instructjax.models.rope import apply_rope, inverse_frequencies
 
 _INIT = nn.initializers.normal(stddev=0.02)
 
@@ -42,23 +43,9 @@ def make_norm(config: ModelConfig, name: str) -> nn.Module:
       bias_init=_param_init(nn.initializers.zeros, ("norm",)), name=name)
 
 
-def apply_rope(x, positions, *, theta: float):
-  """Rotary embedding in the rotate-half layout that HF Llama uses.
-
-  x: [B, T, H, Dh]; positions: [B, T] int.
-  """
-  head_dim = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, Dh]
-  x32 = x.astype(jnp.float32)
-  half = head_dim // 2
-  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
-
-
 class Attention(nn.Module):
-  """Causal (grouped-query) self-attention; `decode=True` reads and writes a KV cache.
+  """Causal (grouped-query, optionally windowed) self-attention; `decode=True` reads and
+  writes a KV cache.
 
   The cache holds keys and values for `max_len` slots plus a mask of which slots hold
   real tokens, so left-padded prompts of different lengths share one write index.
@@ -72,30 +59,39 @@ class Attention(nn.Module):
     # x: [B, T, D]; positions: [B, T]; token_mask: [B, T] (1 = real token)
     cfg = self.config
     h, kvh, dh = cfg.n_heads, cfg.kv_heads, cfg.head_dim_
-    use_bias = cfg.arch == "gpt2"
 
     def proj(name, heads, axes):
       return nn.DenseGeneral(
-          features=(heads, dh), use_bias=use_bias, dtype=cfg.compute_dtype,
+          features=(heads, dh), use_bias=cfg.use_qkv_bias, dtype=cfg.compute_dtype,
           param_dtype=cfg.weight_dtype, kernel_init=_param_init(_INIT, ("embed", axes, "head_dim")),
           bias_init=_param_init(nn.initializers.zeros, (axes, "head_dim")), name=name)(x)
 
     q = proj("q_proj", h, "heads")  # [B, T, H, Dh]
     k = proj("k_proj", kvh, "kv_heads")  # [B, T, KV, Dh]
     v = proj("v_proj", kvh, "kv_heads")  # [B, T, KV, Dh]
+    if cfg.qk_norm:  # Qwen3: over each head's channels, before the rotation
+      q = RMSNorm(cfg, name="q_norm")(q)
+      k = RMSNorm(cfg, name="k_norm")(k)
     if cfg.arch == "llama":
-      q = apply_rope(q, positions, theta=cfg.rope_theta)
-      k = apply_rope(k, positions, theta=cfg.rope_theta)
+      inv_freq = inverse_frequencies(
+          head_dim=dh, theta=cfg.rope_theta, rope_type=cfg.rope_type, factor=cfg.rope_factor,
+          low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
+          original_max_len=cfg.rope_original_max_len)  # [Dh/2]
+      q = apply_rope(q, positions, inv_freq)
+      k = apply_rope(k, positions, inv_freq)
 
     batch, t = x.shape[0], x.shape[1]
     if self.decode:
-      k, v, key_mask, query_slots = self._update_cache(k, v, token_mask)
-      key_slots = jnp.arange(k.shape[1])
-      allowed = (key_slots[None, None, :] <= query_slots[:, :, None])  # [B, T, S]
+      k, v, key_mask, query_slots = self._update_cache(k, v, token_mask)  # [B, T]
     else:
       key_mask = token_mask
-      idx = jnp.arange(t)
-      allowed = jnp.broadcast_to(idx[None, :, None] >= idx[None, None, :], (batch, t, t))
+      query_slots = jnp.broadcast_to(jnp.arange(t)[None], (batch, t))  # [B, T]
+    key_slots = jnp.arange(k.shape[1])[None, None, :]  # [1, 1, S]
+    allowed = key_slots <= query_slots[:, :, None]  # [B, T, S]
+    if cfg.sliding_window:
+      # Counted in slots, as HF does: left padding sits before every real token, so
+      # between real tokens the slot distance is the position distance.
+      allowed &= key_slots > query_slots[:, :, None] - cfg.sliding_window
     allowed = allowed & (key_mask[:, None, :] > 0)  # [B, T, S]
 
     groups = h // kvh
@@ -106,7 +102,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, t, h, dh)
     out = nn.DenseGeneral(
-        features=cfg.d_model, axis=(-2, -1), use_bias=use_bias, dtype=cfg.compute_dtype,
+        features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_out_bias, dtype=cfg.compute_dtype,
         param_dtype=cfg.weight_dtype,
         kernel_init=_param_init(_INIT, ("heads", "head_dim", "embed")),
         bias_init=_param_init(nn.initializers.zeros, ("embed",)), name="o_proj")(out)
@@ -140,12 +136,11 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):  # x: [B, T, D]
     cfg = self.config
-    use_bias = cfg.arch == "gpt2"
 
     def dense(name, features, axes):
       return nn.Dense(
-          features, use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-          kernel_init=_param_init(_INIT, axes),
+          features, use_bias=cfg.use_mlp_bias, dtype=cfg.compute_dtype,
+          param_dtype=cfg.weight_dtype, kernel_init=_param_init(_INIT, axes),
           bias_init=_param_init(nn.initializers.zeros, axes[1:]), name=name)
 
     if cfg.arch == "llama":
@@ -154,5 +149,6 @@ class Mlp(nn.Module):
     else:
       hidden = nn.gelu(dense("fc_in", cfg.ff_dim, ("embed", "mlp"))(x), approximate=True)
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "act_mlp"))
-    out = dense("fc_out" if cfg.arch == "gpt2" else "down_proj", cfg.d_model, ("mlp", "embed"))(hidden)
+    out_name = "fc_out" if cfg.arch == "gpt2" else "down_proj"
+    out = dense(out_name, cfg.d_model, ("mlp", "embed"))(hidden)
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=self.deterministic)

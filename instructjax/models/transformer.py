@@ -1,6 +1,6 @@
 """The decoder-only transformer: a shared trunk, an LM head, and a scalar head.
 
-Parameter tree (the same for both families, so checkpoints map one to one):
+Parameter tree (the same for every family, so checkpoints map one to one):
   transformer/{wte, wpe (gpt2), block_0 .. block_{L-1}, ln_f}
   lm_head (untied only) | scalar_head
 """

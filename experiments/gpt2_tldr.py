@@ -32,15 +32,13 @@ for name, rows in [("sft", sft), ("rm_train", compared("train")),
                    ("eval_prompts", records.prompts_of(test))]:
   records.write_jsonl(f"data/tldr/{name}.jsonl", rows)
 EOF
-1. The vanilla LM: import the Hugging Face checkpoint (config.hf_name.model) as the
-   finished stage 0, which SFT starts from:
-python - <<'EOF'
-from instructjax import stage_export
-from instructjax.models import from_hf
-model, params = from_hf("gpt2")
-stage_export.save_export("runs/gpt2_tldr/pretrain", params, stage_export.ExportCard(
-    stage="pretrain", model=model.config.__dict__, steps=0))
-EOF
+1. The vanilla LMs: stage 0 imports the Hugging Face checkpoints config.hf_name.model
+   and .big_model (hub ids or local directories; architecture from config.json, weights
+   from safetensors, tokenizer from the same place; see instructjax/hf_import.py):
+     python -m instructjax.sft --config=experiments/gpt2_tldr.py:gpu \
+         --workdir=runs/gpt2_tldr --stage=pretrain
+     python -m instructjax.sft --config=experiments/gpt2_tldr.py:gpu \
+         --workdir=runs/gpt2_tldr --stage=pretrain_big
 2-4. SFT, the reward model, then PPO and PPO-ptx (each resumes if interrupted):
      python -m instructjax.sft --config=experiments/gpt2_tldr.py:gpu \
          --workdir=runs/gpt2_tldr --stage=sft
@@ -96,7 +94,7 @@ def get_config(variant: str = ""):
   config = ml_collections.ConfigDict()
   config.seed = 0  # every rng in the run derives from it
 
-  # The HF checkpoints the vanilla LMs start from (step 1 of the docstring).
+  # The HF checkpoints stage 0 imports as the vanilla LMs (step 1 of the docstring).
   config.hf_name = ml_collections.ConfigDict(dict(
       model="gpt2",
       big_model="gpt2-xl",  # the larger vanilla LM the aligned one is compared with
@@ -113,7 +111,9 @@ def get_config(variant: str = ""):
       source="jsonl",  # split files in `dir` (docstring step 0)
       dir="data/tldr",  # {sft, rm_train, rm_eval, ppo_prompts, eval_prompts, pretrain,
                         # pretrain_heldout}.jsonl
-      tokenizer="gpt2",  # HF tokenizer (hub id or directory)
+      # HF tokenizer (hub id or directory): the policy checkpoint's, also when
+      # --config.hf_name.model overrides it.
+      tokenizer=config.hf_name.get_ref("model"),
       tokenizer_vocab_size=50257,  # (testbed only) the tokenizer's size
       max_responses=2,  # K responses per ranked prompt: pairwise comparisons
       max_prompt_len=512,  # tokens; longer prompts lose their start (subreddit, title)

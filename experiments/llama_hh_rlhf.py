@@ -19,15 +19,13 @@ Check the config first (seconds; no weights, no data; see instructjax/dry_run.py
 
 0. Data: the same split files as experiments/gpt2_hh_rlhf.py (its step 0) in
    data/hh_rlhf; only the tokenizer differs, and it runs on the fly.
-1. The vanilla LM: import the Hugging Face checkpoint (config.hf_name.model) as the
-   finished stage 0, which SFT starts from:
-python - <<'EOF'
-from instructjax import stage_export
-from instructjax.models import from_hf
-model, params = from_hf("Qwen/Qwen2.5-0.5B")  # config.hf_name.model of your variant
-stage_export.save_export("runs/qwen_hh/pretrain", params, stage_export.ExportCard(
-    stage="pretrain", model=model.config.__dict__, steps=0))
-EOF
+1. The vanilla LMs: stage 0 imports the Hugging Face checkpoints config.hf_name.model
+   and .big_model (hub ids or local directories; architecture from config.json, weights
+   from safetensors, tokenizer from the same place; see instructjax/hf_import.py):
+     python -m instructjax.sft --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu \
+         --workdir=runs/qwen_hh --stage=pretrain
+     python -m instructjax.sft --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu \
+         --workdir=runs/qwen_hh --stage=pretrain_big
 2-4. SFT, the reward model, then PPO and PPO-ptx (each resumes if interrupted):
      python -m instructjax.sft --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu \
          --workdir=runs/qwen_hh --stage=sft
@@ -132,7 +130,7 @@ def get_config(variant: str = ""):
   config = ml_collections.ConfigDict()
   config.seed = 0  # every rng in the run derives from it
 
-  # The HF checkpoints the vanilla LMs start from (step 1 of the docstring).
+  # The HF checkpoints stage 0 imports as the vanilla LMs (step 1 of the docstring).
   config.hf_name = ml_collections.ConfigDict(dict(
       model=model,
       big_model=big_model,  # the larger vanilla LM the aligned one is compared with
@@ -149,7 +147,9 @@ def get_config(variant: str = ""):
       source="jsonl",  # split files in `dir` (experiments/gpt2_hh_rlhf.py, step 0)
       dir="data/hh_rlhf",  # {sft, rm_train, rm_eval, ppo_prompts, eval_prompts, pretrain,
                            # pretrain_heldout}.jsonl
-      tokenizer=config.hf_name.model,  # HF tokenizer (hub id or directory)
+      # HF tokenizer (hub id or directory): the policy checkpoint's, also when
+      # --config.hf_name.model overrides it.
+      tokenizer=config.hf_name.get_ref("model"),
       tokenizer_vocab_size=config.model.vocab_size,  # (testbed only) the tokenizer's size
       max_responses=2,  # K responses per ranked prompt: HH-RLHF pairs
       max_prompt_len=384,  # tokens; longer conversations are cut from the left

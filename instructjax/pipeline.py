@@ -19,9 +19,8 @@ import time
 
 import ml_collections
 
-from instructjax import cli, stage_export, stage_table
+from instructjax import cli, hf_import, stage_export, stage_table
 from instructjax.atomic_write import write_json
-from instructjax.config import model_config
 from instructjax.data import sources
 from instructjax.evaluation import claims, final_eval, report
 from instructjax.evaluation.contestants import LABELER_GROUPS
@@ -62,7 +61,7 @@ def evaluate(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   """The final evaluation of every model, plus compute, RM accuracy, PPO curves and the
   claims judged on them: the content of eval/results.json."""
   results = final_eval.evaluate_all(config, run_dir)
-  params = {name: model_config(config[name], field=f"config.{name}").num_params()
+  params = {name: hf_import.resolve_model(config, run_dir, name).num_params()
             for name in ("model", "big_model")}
   rm_card = stage_export.read_card(os.path.join(run_dir, "rm"), expected_stages=("rm",))
   results.update(

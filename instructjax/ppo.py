@@ -25,8 +25,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from instructjax import cli, rl, sampling, sharding, stage_export, stage_table
-from instructjax.config import ConfigError, model_config
+from instructjax import cli, hf_import, rl, sampling, sharding, stage_export, stage_table
+from instructjax.config import ConfigError
 from instructjax.data import batching, sources, testbed, tokenize
 from instructjax.evaluation import measures
 from instructjax.models import CausalLM, ScalarModel
@@ -212,7 +212,7 @@ def _iterators(config, data, *, ptx: bool) -> dict[str, batching.BatchIterator]:
 def _program(config, run_dir: str, stage: str) -> StageProgram:
   ppo = config.ppo
   ptx_coef = ppo.ptx_coef if stage == "ppo_ptx" else 0.0
-  cfg = model_config(config.model, field="config.model")
+  cfg = hf_import.resolve_model(config, run_dir, "model")
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
   for field in ("rollout_batch_size", "minibatch_size", "ptx_batch_size"):

@@ -18,8 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from instructjax import cli, comparisons, sharding, stage_export, stage_table
-from instructjax.config import model_config
+from instructjax import cli, comparisons, hf_import, sharding, stage_export, stage_table
 from instructjax.data import batching, sources
 from instructjax.data.batches import TokenBatch
 from instructjax.models import CausalLM, ScalarModel, last_token_value
@@ -118,7 +117,7 @@ def _training_rows(config, data, cfg, mesh, run_dir: str):
 
 def _program(config, run_dir: str) -> StageProgram:
   train = config.rm
-  cfg = model_config(config.model, field="config.model")
+  cfg = hf_import.resolve_model(config, run_dir, "model")
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
   sharding.check_batch_divides(train.batch_size, mesh, field="config.rm.batch_size")

@@ -5,9 +5,10 @@
 
 SFT trains on demonstrations with the loss on response tokens only and starts from the
 pretrained LM; `--stage=pretrain` (or `pretrain_big`, the larger vanilla LM) trains a
-fresh model on whole documents. Writes WORKDIR/<stage>/{metrics.jsonl, tensorboard/,
-checkpoints/, export/}; a rerun resumes from the last checkpoint, data position
-included, and a finished stage is not run again.
+fresh model on whole documents, or, with config.hf_name.model (big_model) set, imports
+that Hugging Face checkpoint instead (`instructjax.hf_import`). Writes
+WORKDIR/<stage>/{metrics.jsonl, tensorboard/, checkpoints/, export/}; a rerun resumes
+from the last checkpoint, data position included, and a finished stage is not run again.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import os
 import jax
 import ml_collections
 
-from instructjax import cli, sharding, stage_export, stage_table
-from instructjax.config import model_config
+from instructjax import cli, hf_import, sharding, stage_export, stage_table
 from instructjax.data import batching, sources
 from instructjax.evaluation import measures
 from instructjax.models import CausalLM
@@ -41,13 +41,16 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "sft") 
   """Runs (or resumes, or skips if finished) one stage; returns its directory."""
   if stage not in STAGES:
     raise ValueError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
+  spec = stage_table.stage(stage)
+  if not spec.parents and hf_import.hf_source(config, spec.model_section):
+    return hf_import.import_stage(config, run_dir, stage)  # stage 0 from a checkpoint
   return run_stage(stage, os.path.join(run_dir, stage),
                    lambda: _program(config, run_dir, stage_table.stage(stage)))
 
 
 def _program(config, run_dir: str, stage: stage_table.Stage) -> StageProgram:
   train = config[stage.train_section]
-  cfg = model_config(config[stage.model_section], field=f"config.{stage.model_section}")
+  cfg = hf_import.resolve_model(config, run_dir, stage.model_section)
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
   sharding.check_batch_divides(train.batch_size, mesh,

@@ -15,7 +15,7 @@ from instructjax.checkpoints import CheckpointError
 from instructjax.evaluation import contestants
 
 PROGRAMS = ("instructjax.sft", "instructjax.reward", "instructjax.ppo", "instructjax.pipeline",
-            "instructjax.dry_run")
+            "instructjax.dry_run", "instructjax.export")
 
 
 def test_importing_a_program_defines_no_flags():

@@ -75,6 +75,9 @@ def _ppo():
 def get_config(variant: str = ""):
   config = ml_collections.ConfigDict()
   config.seed = 0  # every rng in the run derives from it
+  # Hugging Face checkpoints (hub id or directory) to import as the vanilla LMs instead
+  # of pretraining them; "" = pretrain on the testbed (instructjax.hf_import).
+  config.hf_name = ml_collections.ConfigDict(dict(model="", big_model=""))
 
   # The small vanilla LM: the one SFT, the RM and PPO start from.
   config.model = ml_collections.ConfigDict(dict(

@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import losses, sampling, sharding, stage_export, stage_table
-from instructjax.config import model_config
+from instructjax import hf_import, losses, sampling, sharding, stage_export, stage_table
 from instructjax.data import batching, records, sources, testbed, tokenize
 from instructjax.evaluation import measures
 from instructjax.evaluation.contestants import (BASELINE, CHAMPION, CONTESTANTS, LABELER_GROUPS,
@@ -88,7 +87,7 @@ class _Models:
   def __call__(self, stage: str):
     if stage not in self._loaded:
       section = stage_table.stage(stage).model_section
-      model = CausalLM(model_config(self._config[section], field=f"config.{section}"))
+      model = CausalLM(hf_import.resolve_model(self._config, self._run_dir, section))
       params, _ = stage_export.load_export(
           os.path.join(self._run_dir, stage), sharding.abstract_params(model, self._mesh),
           expected_stages=(stage,))

@@ -90,7 +90,7 @@ def from_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32",
     caller places them with its own shardings. `model.apply({'params': params}, ids)`
     gives logits [B, T, V]. Dropout is 0; set it with `model.config.replace(...)`.
   """
-  directory = _resolve(path_or_name)
+  directory = resolve_checkpoint(path_or_name)
   config = _read_config(directory / "config.json", dtype=dtype, param_dtype=param_dtype)
   model = CausalLM(config)
   tensors = _read_tensors(directory)
@@ -105,19 +105,21 @@ def from_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32",
   return model, params
 
 
-def to_hf(model: CausalLM, params, path: str | os.PathLike) -> None:
+def to_hf(model: CausalLM, params, path: str | os.PathLike, *,
+          token_ids: dict[str, int | None] | None = None) -> None:
   """Writes `params` as an HF checkpoint: config.json and model.safetensors.
 
   The files are written to a temporary directory beside `path` that is then renamed
   onto it, so a failure never leaves a half-written checkpoint. An existing `path` must
   be an HF checkpoint directory (it has config.json) or empty; files in it other than
-  config and weights (e.g. tokenizer files) are kept. bos/eos token ids are not part of
-  `ModelConfig` and are written as null.
+  config and weights (e.g. tokenizer files) are kept. Special token ids are not part of
+  `ModelConfig`: `token_ids` ({"bos_token_id": ..., "eos_token_id": ..., "pad_token_id":
+  ...}, from the tokenizer) go into config.json; absent ones are written as null.
   """
   if not isinstance(model, CausalLM):
     raise HFCheckpointError(f"to_hf exports a CausalLM, got {type(model).__name__}")
   config = model.config
-  hf_config = _hf_config(config)
+  hf_config = _hf_config(config, token_ids or {})
   params = flax.core.meta.unbox(params)
   _check_params(params, _abstract_params(model), what="params given to to_hf")
   tensors = {
@@ -154,8 +156,9 @@ def to_hf(model: CausalLM, params, path: str | os.PathLike) -> None:
 # --- locating and reading a checkpoint -----------------------------------------------
 
 
-def _resolve(path_or_name) -> pathlib.Path:
-  """An existing directory as is; otherwise a Hub repo id, downloaded (or cached)."""
+def resolve_checkpoint(path_or_name) -> pathlib.Path:
+  """An existing directory as is; otherwise a Hub repo id, downloaded (or cached): JSON,
+  safetensors and tokenizer files only."""
   path = pathlib.Path(path_or_name).expanduser()
   if path.is_dir():
     return path
@@ -506,11 +509,15 @@ def _llama_links(config: ModelConfig) -> list[_Link]:
   return links
 
 
-def _hf_config(config: ModelConfig):
+def _hf_config(config: ModelConfig, token_ids: dict[str, int | None]):
   """The transformers config object describing `config` (for `save_pretrained`)."""
   transformers = _import_transformers()
+  unknown = sorted(set(token_ids) - {"bos_token_id", "eos_token_id", "pad_token_id"})
+  if unknown:
+    raise HFCheckpointError(f"token_ids has unknown keys {unknown}")
   common = dict(vocab_size=config.vocab_size, tie_word_embeddings=config.tie_embeddings,
-                bos_token_id=None, eos_token_id=None, dtype=config.param_dtype)
+                bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                dtype=config.param_dtype) | token_ids
   if config.arch == "gpt2":
     if config.kv_heads != config.n_heads or config.n_heads * config.head_dim_ != config.d_model:
       raise HFCheckpointError(

@@ -8,30 +8,13 @@ over a tensor axis, so every mesh here is data x fsdp only.
 Check the config first (seconds; no weights, no data; see instructjax/dry_run.py):
   python -m instructjax.dry_run --config=experiments/gpt2_hh_rlhf.py:gpu
 
-0. Data. Download the HH-RLHF files (https://github.com/anthropics/hh-rlhf) keeping their
-   layout, hh-rlhf/{helpful-base,helpful-online,helpful-rejection-sampled,harmless-base}/
-   {train,test}.jsonl.gz (the same directory is the `manual_dir` of the TFDS builder
-   instructjax.data.tfds_builders.HhRlhf), and put a pretraining sample for PPO-ptx and
-   the held-out LM loss (e.g. OpenWebText) as {"text": ...} lines in
-   data/hh_rlhf/pretrain.jsonl and data/hh_rlhf/pretrain_heldout.jsonl. Then write the
-   split files that config.data.dir names, with disjoint SFT / RM / PPO prompts in about
-   the paper's 13k : 33k : 31k ratio:
-python - <<'EOF'
-import glob, os, random
-from instructjax.data import hh_rlhf, records
-def read(split):
-  return hh_rlhf.read_hh_rlhf(sorted(glob.glob(f"hh-rlhf/*/{split}.jsonl.gz")),
-                              skip_bad_rows=True).records
-train, test = read("train"), read("test")
-random.Random(0).shuffle(train)
-n = len(train) // 5
-os.makedirs("data/hh_rlhf", exist_ok=True)
-for name, rows in [("sft", records.sft_from_rankings(train[:n])),
-                   ("rm_train", train[n:3 * n]), ("rm_eval", test),
-                   ("ppo_prompts", records.prompts_of(train[3 * n:])),
-                   ("eval_prompts", records.prompts_of(test))]:
-  records.write_jsonl(f"data/hh_rlhf/{name}.jsonl", rows)
-EOF
+0. Data: download the HH-RLHF files (https://github.com/anthropics/hh-rlhf) into hh-rlhf/,
+   keeping their layout <subset>/{train,test}.jsonl.gz (config.data.manual_dir). The
+   first stage builds them with the TFDS builder and derives the split files into
+   WORKDIR/data (disjoint SFT / RM / PPO prompts in the paper's 13k : 33k : 31k ratio,
+   recorded in WORKDIR/data/splits.json); set config.data.pretrain_jsonl and
+   heldout_jsonl to {"text": ...} files (e.g. OpenWebText) for PPO-ptx and the held-out
+   LM loss.
 1. The vanilla LMs: stage 0 imports the Hugging Face checkpoints config.hf_name.model
    and .big_model (hub ids or local directories; architecture from config.json, weights
    from safetensors, tokenizer from the same place; see instructjax/hf_import.py):
@@ -48,13 +31,24 @@ EOF
          --workdir=runs/gpt2_hh --stage=ppo
      python -m instructjax.ppo --config=experiments/gpt2_hh_rlhf.py:gpu \
          --workdir=runs/gpt2_hh --stage=ppo_ptx
+Or all of it in one resumable command, with the held-out judge RM (stage rm_judge),
+the evaluation and the report (WORKDIR/report.md):
+     python -m instructjax.pipeline --config=experiments/gpt2_hh_rlhf.py:gpu --workdir=runs/gpt2_hh
 Hyperparameters are the paper's where it gives one (../shared/docs/instructgpt.md),
 noted in the comments.
+
+"smoke" runs the same code path on a CPU in minutes (instructjax/configs/smoke.py):
+  python -m instructjax.pipeline --config=experiments/gpt2_hh_rlhf.py:smoke --workdir=W \
+      --config.hf_name.model=CKPT_DIR --config.data.manual_dir=HH_DIR
+Any supported family's checkpoint works with any of these configs: the architecture
+comes from the checkpoint.
 """
 
 import ml_collections
 
-VARIANTS = ("", "gpu", "tpu", "medium", "medium,gpu", "medium,tpu")
+from instructjax.configs.smoke import apply_smoke
+
+VARIANTS = ("", "gpu", "tpu", "medium", "medium,gpu", "medium,tpu", "smoke")
 
 # HF hub id -> the real architecture (HF config.json of each checkpoint).
 _GPT2 = {
@@ -116,9 +110,21 @@ def get_config(variant: str = ""):
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
   config.data = ml_collections.ConfigDict(dict(
-      source="jsonl",  # split files in `dir` (docstring step 0)
-      dir="data/hh_rlhf",  # {sft, rm_train, rm_eval, ppo_prompts, eval_prompts, pretrain,
-                           # pretrain_heldout}.jsonl
+      source="tfds",  # built from the published files (docstring step 0)
+      dataset="hh_rlhf",  # instructjax.data.tfds_builders.DATASETS
+      subsets=("harmless-base", "helpful-base", "helpful-online",
+               "helpful-rejection-sampled"),  # every HH-RLHF subset
+      manual_dir="hh-rlhf",  # the published layout: <subset>/{train,test}.jsonl.gz
+      dir="",  # where the derived split files go; "" = WORKDIR/data
+      # SFT : RM : PPO shares of the train split's prompts (paper: 13k : 33k : 31k);
+      # disjoint by prompt. The test split gives the RM's test comparisons and the
+      # evaluation prompts.
+      split_fractions=(13, 33, 31),
+      split_seed=0,  # the seed of the prompt assignment (its own, so model seeds vary alone)
+      # {"text": ...} lines for PPO-ptx and the held-out LM loss (e.g. OpenWebText); ""
+      # lets the demonstrations / the test comparisons stand in (the report says so).
+      pretrain_jsonl="",
+      heldout_jsonl="",
       # HF tokenizer (hub id or directory): the policy checkpoint's, also when
       # --config.hf_name.model overrides it.
       tokenizer=config.hf_name.get_ref("model"),
@@ -127,7 +133,7 @@ def get_config(variant: str = ""):
       max_prompt_len=384,  # tokens; longer conversations are cut from the left
       max_len=512,  # prompt + response; responses are cut from the right
       buckets=(128, 256, 384, 512),  # padded lengths: a bounded number of compilations
-      skip_bad_rows=True,  # some HH pairs diverge before the last turn: skip and count
+      skip_bad_rows=True,  # skip and count malformed rows (file:line) rather than stop
   ))
 
   # Stage 0 is the imported checkpoint (docstring step 1): these two sections only
@@ -140,6 +146,9 @@ def get_config(variant: str = ""):
   config.sft = _train(steps=2000, batch_size=64, lr=2e-5 if medium else 3e-5)
   # One epoch of 64k comparisons (paper: 1 epoch, 64 prompts a batch, 9e-6 at 6B).
   config.rm = _train(steps=1000, batch_size=64, lr=1e-5)
+  # The held-out judge RM of the final evaluation (stage rm_judge) trains on this share
+  # of the rm_train prompts, which the RM and PPO never see.
+  config.rm.judge_fraction = 0.2
 
   config.ppo = ml_collections.ConfigDict(dict(
       iterations=500,  # rollout + update rounds: 256k episodes (paper: 256k)
@@ -189,4 +198,6 @@ def get_config(variant: str = ""):
                       iterations=2000)
   elif "tpu" in options:  # 16 chips: every batch divides data x fsdp = 16
     config.mesh.update(data=2, fsdp=8, tensor=1)
+  elif "smoke" in options:
+    apply_smoke(config)
   return config

@@ -9,29 +9,14 @@ cannot be split over a tensor axis, so every mesh here is data x fsdp only.
 Check the config first (seconds; no weights, no data; see instructjax/dry_run.py):
   python -m instructjax.dry_run --config=experiments/gpt2_tldr.py:gpu
 
-0. Data. Copy from https://openaipublic.blob.core.windows.net/summarize-from-feedback/
-   (e.g. with `azcopy copy`) datasets/tldr_3_filtered/{train,valid,test}.jsonl into tldr/
-   and dataset/comparisons/batch*.json into tldr/comparisons/ (the same layout is the
-   `manual_dir` of the TFDS builders instructjax.data.tfds_builders.TldrSft and
-   TldrComparisons), and put a pretraining sample for PPO-ptx and the held-out LM loss
-   (e.g. OpenWebText) as {"text": ...} lines in data/tldr/pretrain.jsonl and
-   data/tldr/pretrain_heldout.jsonl. Then write the split files that config.data.dir
-   names: demonstrations and RL prompts from the TL;DR train posts (as Stiennon et al.),
-   comparisons' "train" split for the RM and "valid1" for its evaluation:
-python - <<'EOF'
-import glob, os
-from instructjax.data import records, tldr
-sft = tldr.read_tldr_sft("tldr/train.jsonl", skip_bad_rows=True).records
-test = tldr.read_tldr_sft("tldr/test.jsonl", skip_bad_rows=True).records
-batches = sorted(glob.glob("tldr/comparisons/batch*.json"))
-def compared(split):
-  return tldr.read_tldr_comparisons(batches, split=split, skip_bad_rows=True).records
-os.makedirs("data/tldr", exist_ok=True)
-for name, rows in [("sft", sft), ("rm_train", compared("train")),
-                   ("rm_eval", compared("valid1")), ("ppo_prompts", records.prompts_of(sft)),
-                   ("eval_prompts", records.prompts_of(test))]:
-  records.write_jsonl(f"data/tldr/{name}.jsonl", rows)
-EOF
+0. Data: copy the comparisons from https://openaipublic.blob.core.windows.net/
+   summarize-from-feedback/dataset/comparisons/ (batch*.json) into tldr/comparisons/
+   (config.data.manual_dir is tldr). The first stage builds them with the TFDS builder
+   and derives the split files into WORKDIR/data: the train split's posts divided into
+   disjoint SFT / RM / PPO prompts, demonstrations being the preferred summaries, and
+   valid2 for the RM's test comparisons and the evaluation prompts (splits.json records
+   it); set config.data.pretrain_jsonl and heldout_jsonl to {"text": ...} files for
+   PPO-ptx and the held-out LM loss.
 1. The vanilla LMs: stage 0 imports the Hugging Face checkpoints config.hf_name.model
    and .big_model (hub ids or local directories; architecture from config.json, weights
    from safetensors, tokenizer from the same place; see instructjax/hf_import.py):
@@ -48,13 +33,24 @@ EOF
          --workdir=runs/gpt2_tldr --stage=ppo
      python -m instructjax.ppo --config=experiments/gpt2_tldr.py:gpu \
          --workdir=runs/gpt2_tldr --stage=ppo_ptx
+Or all of it in one resumable command, with the held-out judge RM (stage rm_judge),
+the evaluation and the report (WORKDIR/report.md):
+     python -m instructjax.pipeline --config=experiments/gpt2_tldr.py:gpu --workdir=runs/gpt2_tldr
 Hyperparameters are InstructGPT's where it gives one (../shared/docs/instructgpt.md),
 noted in the comments; lengths follow Stiennon et al.
+
+"smoke" runs the same code path on a CPU in minutes (instructjax/configs/smoke.py):
+  python -m instructjax.pipeline --config=experiments/gpt2_tldr.py:smoke --workdir=W \
+      --config.hf_name.model=CKPT_DIR --config.data.manual_dir=TLDR_DIR
+Any supported family's checkpoint works with any of these configs: the architecture
+comes from the checkpoint.
 """
 
 import ml_collections
 
-VARIANTS = ("", "gpu", "tpu")
+from instructjax.configs.smoke import apply_smoke
+
+VARIANTS = ("", "gpu", "tpu", "smoke")
 
 
 def _model(*, d_model, n_layers, n_heads, remat):
@@ -108,9 +104,20 @@ def get_config(variant: str = ""):
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
   config.data = ml_collections.ConfigDict(dict(
-      source="jsonl",  # split files in `dir` (docstring step 0)
-      dir="data/tldr",  # {sft, rm_train, rm_eval, ppo_prompts, eval_prompts, pretrain,
-                        # pretrain_heldout}.jsonl
+      source="tfds",  # built from the published files (docstring step 0)
+      dataset="tldr",  # instructjax.data.tfds_builders.DATASETS
+      subsets=(),  # (HH-RLHF only)
+      manual_dir="tldr",  # the published layout: comparisons/batch*.json
+      dir="",  # where the derived split files go; "" = WORKDIR/data
+      # SFT : RM : PPO shares of the train split's prompts (paper: 13k : 33k : 31k);
+      # disjoint by prompt. The comparisons' valid2 split gives the RM's test
+      # comparisons and the evaluation prompts.
+      split_fractions=(13, 33, 31),
+      split_seed=0,  # the seed of the prompt assignment (its own, so model seeds vary alone)
+      # {"text": ...} lines for PPO-ptx and the held-out LM loss (e.g. OpenWebText); ""
+      # lets the demonstrations / the test comparisons stand in (the report says so).
+      pretrain_jsonl="",
+      heldout_jsonl="",
       # HF tokenizer (hub id or directory): the policy checkpoint's, also when
       # --config.hf_name.model overrides it.
       tokenizer=config.hf_name.get_ref("model"),
@@ -132,6 +139,9 @@ def get_config(variant: str = ""):
   config.sft = _train(steps=3600, batch_size=64, lr=3e-5)
   # One epoch of 93k comparisons (paper: 1 epoch, 64 prompts a batch, 9e-6 at 6B).
   config.rm = _train(steps=1450, batch_size=64, lr=1e-5)
+  # The held-out judge RM of the final evaluation (stage rm_judge) trains on this share
+  # of the rm_train prompts, which the RM and PPO never see.
+  config.rm.judge_fraction = 0.2
 
   config.ppo = ml_collections.ConfigDict(dict(
       iterations=500,  # rollout + update rounds: 256k episodes (paper: 256k)
@@ -182,4 +192,6 @@ def get_config(variant: str = ""):
                       iterations=2000)
   elif variant == "tpu":  # 16 chips: every batch divides data x fsdp = 16
     config.mesh.update(data=2, fsdp=8, tensor=1)
+  elif variant == "smoke":
+    apply_smoke(config)
   return config

@@ -17,8 +17,13 @@ models: policy, value, reference, reward), or for Mistral 7B one host of 8 such 
 Check the config first (seconds; no weights, no data; see instructjax/dry_run.py):
   python -m instructjax.dry_run --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu
 
-0. Data: the same split files as experiments/gpt2_hh_rlhf.py (its step 0) in
-   data/hh_rlhf; only the tokenizer differs, and it runs on the fly.
+0. Data: download the HH-RLHF files (https://github.com/anthropics/hh-rlhf) into hh-rlhf/,
+   keeping their layout <subset>/{train,test}.jsonl.gz (config.data.manual_dir). The
+   first stage builds them with the TFDS builder and derives the split files into
+   WORKDIR/data (disjoint SFT / RM / PPO prompts in the paper's 13k : 33k : 31k ratio,
+   recorded in WORKDIR/data/splits.json); set config.data.pretrain_jsonl and
+   heldout_jsonl to {"text": ...} files (e.g. OpenWebText) for PPO-ptx and the held-out
+   LM loss.
 1. The vanilla LMs: stage 0 imports the Hugging Face checkpoints config.hf_name.model
    and .big_model (hub ids or local directories; architecture from config.json, weights
    from safetensors, tokenizer from the same place; see instructjax/hf_import.py):
@@ -35,11 +40,23 @@ Check the config first (seconds; no weights, no data; see instructjax/dry_run.py
          --workdir=runs/qwen_hh --stage=ppo
      python -m instructjax.ppo --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu \
          --workdir=runs/qwen_hh --stage=ppo_ptx
+Or all of it in one resumable command, with the held-out judge RM (stage rm_judge),
+the evaluation and the report (WORKDIR/report.md):
+     python -m instructjax.pipeline --config=experiments/llama_hh_rlhf.py:qwen2.5-0.5b,gpu \
+         --workdir=runs/qwen_hh
 Hyperparameters are the paper's where it gives one (../shared/docs/instructgpt.md),
 noted in the comments; its 1.3B model is the closest in size.
+
+"smoke" runs the same code path on a CPU in minutes (instructjax/configs/smoke.py):
+  python -m instructjax.pipeline --config=experiments/llama_hh_rlhf.py:smoke --workdir=W \
+      --config.hf_name.model=CKPT_DIR --config.data.manual_dir=HH_DIR
+Any supported family's checkpoint works with any of these configs: the architecture
+comes from the checkpoint.
 """
 
 import ml_collections
+
+from instructjax.configs.smoke import apply_smoke
 
 # The architecture of each HF checkpoint, from its config.json (from_hf checks them).
 _LLAMA3_ROPE = dict(rope_type="llama3", rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
@@ -86,7 +103,7 @@ _MODELS = {
     "mistral-7b": ("mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-v0.1"),
 }
 VARIANTS = tuple(",".join(filter(None, (name, mesh)))
-                 for name in _MODELS for mesh in ("", "gpu", "tpu"))
+                 for name in _MODELS for mesh in ("", "gpu", "tpu", "smoke"))
 
 
 def _model(hf_name, *, remat):
@@ -125,7 +142,7 @@ def get_config(variant: str = ""):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
   name, mesh = (variant.rsplit(",", 1) if "," in variant
-                else ("", variant) if variant in ("gpu", "tpu") else (variant, ""))
+                else ("", variant) if variant in ("gpu", "tpu", "smoke") else (variant, ""))
   model, big_model = _MODELS[name]
   config = ml_collections.ConfigDict()
   config.seed = 0  # every rng in the run derives from it
@@ -144,9 +161,21 @@ def get_config(variant: str = ""):
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
   config.data = ml_collections.ConfigDict(dict(
-      source="jsonl",  # split files in `dir` (experiments/gpt2_hh_rlhf.py, step 0)
-      dir="data/hh_rlhf",  # {sft, rm_train, rm_eval, ppo_prompts, eval_prompts, pretrain,
-                           # pretrain_heldout}.jsonl
+      source="tfds",  # built from the published files (docstring step 0)
+      dataset="hh_rlhf",  # instructjax.data.tfds_builders.DATASETS
+      subsets=("harmless-base", "helpful-base", "helpful-online",
+               "helpful-rejection-sampled"),  # every HH-RLHF subset
+      manual_dir="hh-rlhf",  # the published layout: <subset>/{train,test}.jsonl.gz
+      dir="",  # where the derived split files go; "" = WORKDIR/data
+      # SFT : RM : PPO shares of the train split's prompts (paper: 13k : 33k : 31k);
+      # disjoint by prompt. The test split gives the RM's test comparisons and the
+      # evaluation prompts.
+      split_fractions=(13, 33, 31),
+      split_seed=0,  # the seed of the prompt assignment (its own, so model seeds vary alone)
+      # {"text": ...} lines for PPO-ptx and the held-out LM loss (e.g. OpenWebText); ""
+      # lets the demonstrations / the test comparisons stand in (the report says so).
+      pretrain_jsonl="",
+      heldout_jsonl="",
       # HF tokenizer (hub id or directory): the policy checkpoint's, also when
       # --config.hf_name.model overrides it.
       tokenizer=config.hf_name.get_ref("model"),
@@ -155,7 +184,7 @@ def get_config(variant: str = ""):
       max_prompt_len=384,  # tokens; longer conversations are cut from the left
       max_len=512,  # prompt + response; responses are cut from the right
       buckets=(128, 256, 384, 512),  # padded lengths: a bounded number of compilations
-      skip_bad_rows=True,  # some HH pairs diverge before the last turn: skip and count
+      skip_bad_rows=True,  # skip and count malformed rows (file:line) rather than stop
   ))
 
   # Stage 0 is the imported checkpoint (docstring step 1): these two sections only
@@ -169,6 +198,9 @@ def get_config(variant: str = ""):
   config.sft = _train(steps=2000, batch_size=32, lr=9.65e-6)
   # One epoch of 64k comparisons (paper: 1 epoch, 64 prompts a batch, 9e-6 at 6B).
   config.rm = _train(steps=1000, batch_size=64, lr=9e-6)
+  # The held-out judge RM of the final evaluation (stage rm_judge) trains on this share
+  # of the rm_train prompts, which the RM and PPO never see.
+  config.rm.judge_fraction = 0.2
 
   config.ppo = ml_collections.ConfigDict(dict(
       iterations=500,  # rollout + update rounds: 256k episodes (paper: 256k)
@@ -218,6 +250,8 @@ def get_config(variant: str = ""):
     # leave room for small rollouts only; ptx rows 4x (not 8x) the minibatch.
     config.ppo.update(rollout_batch_size=64, minibatch_size=8, ptx_batch_size=32,
                       iterations=4000)
+  elif mesh == "smoke":
+    apply_smoke(config)
   elif mesh == "tpu":  # 16 chips: every batch divides data x fsdp = 8
     config.mesh.update(data=2, fsdp=4, tensor=2)
   return config

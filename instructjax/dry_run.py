@@ -97,13 +97,18 @@ def build_mesh(mesh_config: ml_collections.ConfigDict, devices) -> Mesh | Abstra
     raise sharding.ShardingError(f"config.mesh: {error}") from error
 
 
-def check_fits(config: ml_collections.ConfigDict, mesh) -> None:
-  """The checks the stage programs make when they start, all at once: every global batch
-  divides data x fsdp, and a rollout fits GPT-2's learned positions."""
+def check_batches(config: ml_collections.ConfigDict, mesh) -> None:
+  """Every global batch of the stages divides data x fsdp (over all hosts' devices)."""
   for field in ("sft.batch_size", "rm.batch_size", "ppo.rollout_batch_size",
                 "ppo.minibatch_size", "ppo.ptx_batch_size"):
     section, name = field.split(".")
     sharding.check_batch_divides(config[section][name], mesh, field=f"config.{field}")
+
+
+def check_fits(config: ml_collections.ConfigDict, mesh) -> None:
+  """The checks the stage programs make when they start, all at once: every global batch
+  divides data x fsdp, and a rollout fits GPT-2's learned positions."""
+  check_batches(config, mesh)
   rollout_len = config.data.max_prompt_len + config.ppo.max_new_tokens
   if config.model.arch == "gpt2" and rollout_len > config.model.max_len:
     raise ConfigError(

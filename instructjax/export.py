@@ -24,7 +24,7 @@ from instructjax import hf_import, stage_export, stage_table
 from instructjax.data import tokenize
 from instructjax.models import CausalLM, ModelConfig, to_hf
 
-_SCALAR_STAGES = ("rm",)  # scalar-head models: no LM head to generate with
+_SCALAR_STAGES = stage_table.run_by("instructjax.reward")  # scalar heads: no LM head
 POLICY_STAGES = tuple(s for s in stage_table.NAMES if s not in _SCALAR_STAGES)
 
 

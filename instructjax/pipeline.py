@@ -1,13 +1,17 @@
-"""The main job: the whole InstructGPT recipe on the embedded testbed, then the report.
+"""The main job: the whole InstructGPT recipe, then the evaluation and the report.
 
   python -m instructjax.pipeline --workdir=runs/demo
   python -m instructjax.pipeline --config=experiments/instructgpt_tiny.py:quick --workdir=runs/quick
+  python -m instructjax.pipeline --config=experiments/gpt2_hh_rlhf.py:gpu --workdir=runs/gpt2_hh
 
 Stages, each in WORKDIR/<stage>, in the order of `instructjax.stage_table.STAGES`:
-pretrain (the small vanilla LM), pretrain_big (a larger one), sft, rm, ppo, ppo_ptx;
-then eval/results.json and the report (report.md, report.html, claims.json, plots).
-Rerunning after an interruption resumes the stage that was running and reuses the
-finished ones.
+pretrain (the small vanilla LM, or the imported checkpoint config.hf_name.model),
+pretrain_big (a larger one), sft, rm, on real data rm_judge (a held-out RM that only
+judges), ppo, ppo_ptx; then eval/results.json and the report (report.md, report.html,
+plots, and on the testbed claims.json). On the testbed the evaluation scores answers
+with the gold score and the simulated labelers (`evaluation.final_eval`); on real data,
+with the RM and the held-out judge RM (`evaluation.judged_eval`). Rerunning after an
+interruption resumes the stage that was running and reuses the finished ones.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import time
 
 import ml_collections
 
-from instructjax import cli, hf_import, stage_export, stage_table
+from instructjax import cli, dry_run, hf_import, sharding, stage_export, stage_table
 from instructjax.atomic_write import write_json
 from instructjax.data import sources
-from instructjax.evaluation import claims, final_eval, report
+from instructjax.evaluation import claims, final_eval, judged_eval, judged_report, report
 from instructjax.evaluation.contestants import LABELER_GROUPS
 
 
@@ -74,15 +78,26 @@ def evaluate(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   return results
 
 
+def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
+  """The evaluation on real data (no gold score): the content of eval/results.json."""
+  results = judged_eval.evaluate_judged(config, run_dir)
+  results.update(config=config.to_dict(), text_sources=sources.text_sources(config, run_dir))
+  return results
+
+
 def run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   """Runs every stage (reusing finished ones), evaluates, reports; -> the results."""
   os.makedirs(run_dir, exist_ok=True)
   times = StageTimes(run_dir)
+  gold = stage_table.has_gold(config)
+  # A batch the devices cannot split stops the run here, not after hours of earlier stages.
+  dry_run.check_batches(config, sharding.make_mesh(**config.mesh))
   start = time.time()
-  sources.load_data(config, run_dir)  # the testbed, generated once
-  times.add("testbed", time.time() - start)
-  for i, stage in enumerate(stage_table.STAGES):
-    print(f"=== stage {i + 1}/{len(stage_table.STAGES)}: {stage.name} ===", flush=True)
+  sources.load_data(config, run_dir)  # the testbed or the split files, made once
+  times.add("testbed" if gold else "data", time.time() - start)
+  stages = stage_table.stages_for(config)
+  for i, stage in enumerate(stages):
+    print(f"=== stage {i + 1}/{len(stages)}: {stage.name} ===", flush=True)
     if stage_export.is_exported(os.path.join(run_dir, stage.name)):
       print(f"[{stage.name}] finished earlier, reused", flush=True)
       continue
@@ -97,10 +112,14 @@ def run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   else:
     print("=== evaluation ===", flush=True)
     start = time.time()
-    results = evaluate(config, run_dir)
+    results = evaluate(config, run_dir) if gold else evaluate_judged(config, run_dir)
     times.add("eval", time.time() - start)
     write_json(results_path, results, default=_json_default)
   results["stage_times_s"] = times.times
+  if not gold:
+    paths = judged_report.write_judged_report(results, run_dir)
+    print(f"report: {paths['report.md']}", flush=True)
+    return results
   paths = report.write_report(results, run_dir)
   print("=== claims ===", flush=True)
   for claim in results["claims"]:

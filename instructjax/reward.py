@@ -27,7 +27,7 @@ from instructjax.stage_loop import (Export, StageProgram, batch_advance, cadence
 from instructjax.steps.reward_step import ranking_rewards, reward_step
 from instructjax.train_state import make_init_state
 
-STAGE = stage_table.stage("rm")
+STAGES = stage_table.run_by("instructjax.reward")  # the RM, and the held-out judge RM
 
 
 def load_sft_params(sft_dir: str, cfg, mesh):
@@ -43,7 +43,7 @@ def _rewards(params, batch, *, apply_fn):
 
 
 @functools.partial(jax.jit, static_argnames="apply_fn")
-def _sequence_rewards(params, batch: TokenBatch, *, apply_fn):
+def sequence_rewards(params, batch: TokenBatch, *, apply_fn):
   values = apply_fn({"params": params}, batch.tokens, token_mask=batch.token_mask)  # [B, T]
   return last_token_value(values, batch.token_mask)  # [B]
 
@@ -72,7 +72,7 @@ def ranking_accuracy(apply_fn, params, rows, batcher, *, mesh, held_out_ids=froz
 def demonstration_reward_mean(apply_fn, params, rows, batcher, *, mesh) -> float:
   values = []
   for batch in batching.iterate_once(rows, batcher, batch_size=16):
-    r = np.asarray(_sequence_rewards(params, sharding.shard_batch(batch, mesh),
+    r = np.asarray(sequence_rewards(params, sharding.shard_batch(batch, mesh),
                                      apply_fn=apply_fn))
     values.extend(r[np.asarray(batch.token_mask).sum(-1) > 0])
   return float(np.mean(values))
@@ -93,20 +93,42 @@ def build_step(train: ml_collections.ConfigDict, state_shardings):
 
 
 def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "rm") -> str:
-  """Runs (or resumes, or skips if finished) the RM stage; returns its directory."""
-  if stage != STAGE.name:
-    raise ValueError(f"unknown stage {stage!r}; known: ({STAGE.name!r},)")
-  return run_stage(STAGE.name, os.path.join(run_dir, STAGE.name),
-                   lambda: _program(config, run_dir))
+  """Runs (or resumes, or skips if finished) an RM stage; returns its directory."""
+  if stage not in STAGES:
+    raise ValueError(f"unknown stage {stage!r}; known: {STAGES}")
+  if stage_table.stage(stage) not in stage_table.stages_for(config):
+    raise ValueError(f"stage {stage!r} judges runs without a gold score; "
+                     f"config.data.source={config.data.source!r} has one")
+  return run_stage(stage, os.path.join(run_dir, stage),
+                   lambda: _program(config, run_dir, stage))
 
 
-def _training_rows(config, data, cfg, mesh, run_dir: str):
-  """config.data's rm_train rankings; on the testbed, with part of each prompt's responses
-  replaced by the SFT policy's samples (ranked again by the same labeler)."""
+def judge_share(rows, *, fraction: float, seed: int):
+  """-> (rows for the RM, rows for the judge RM): the judge gets `fraction` of the distinct
+  prompts, chosen by a seeded permutation, so the two never see the same prompt."""
+  prompts = sorted({r.prompt for r in rows})
+  order = np.random.default_rng([seed, 17]).permutation(len(prompts))
+  n_judge = int(round(fraction * len(prompts)))
+  if not 0 < n_judge < len(prompts):
+    raise ValueError(
+        f"config.rm.judge_fraction={fraction} of {len(prompts)} rm_train prompts leaves the "
+        "RM or the judge RM without data; choose a fraction in (0, 1) or add comparisons")
+  judged = {prompts[i] for i in order[:n_judge]}
+  return [r for r in rows if r.prompt not in judged], [r for r in rows if r.prompt in judged]
+
+
+def _training_rows(config, data, cfg, mesh, run_dir: str, stage: str):
+  """config.data's rm_train rankings, less the judge RM's share where there is a judge; on
+  the testbed, with part of each prompt's responses replaced by the SFT policy's samples
+  (ranked again by the same labeler)."""
   rows = data.read("rm_train", skip_bad_rows=config.data.skip_bad_rows)
+  if not stage_table.has_gold(config):
+    rm_rows, judge_rows = judge_share(rows, fraction=config.rm.judge_fraction,
+                                      seed=config.seed)
+    return judge_rows if stage == "rm_judge" else rm_rows
   if data.testbed is None or config.rm.policy_sample_fraction <= 0:
     return rows
-  return comparisons.cached(os.path.join(run_dir, STAGE.name, "comparisons.jsonl"), lambda: (
+  return comparisons.cached(os.path.join(run_dir, stage, "comparisons.jsonl"), lambda: (
       comparisons.with_policy_samples(
           data.testbed.rm_train, data.testbed.labelers, CausalLM(cfg),
           load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh), data.tokenizer,
@@ -115,7 +137,7 @@ def _training_rows(config, data, cfg, mesh, run_dir: str):
           prompt_len=config.data.max_prompt_len, mesh=mesh, seed=config.seed)))
 
 
-def _program(config, run_dir: str) -> StageProgram:
+def _program(config, run_dir: str, stage: str) -> StageProgram:
   train = config.rm
   cfg = hf_import.resolve_model(config, run_dir, "model")
   data = sources.load_data(config, run_dir)
@@ -123,8 +145,8 @@ def _program(config, run_dir: str) -> StageProgram:
   sharding.check_batch_divides(train.batch_size, mesh, field="config.rm.batch_size")
   model = ScalarModel(cfg)
   buckets = tuple(config.data.buckets)
-  rows = _training_rows(config, data, cfg, mesh, run_dir)
   eval_rows = data.read("rm_eval", skip_bad_rows=config.data.skip_bad_rows)
+  rows = _training_rows(config, data, cfg, mesh, run_dir, stage)
   k_max = max(len(r.responses) for r in rows + eval_rows)
   batcher = batching.RankingBatcher(data.tokenizer, buckets=buckets,
                                     max_prompt_len=config.data.max_prompt_len, k_max=k_max)
@@ -148,13 +170,13 @@ def _program(config, run_dir: str) -> StageProgram:
                                       max_prompt_len=config.data.max_prompt_len)
     bias = demonstration_reward_mean(model.apply, state.params, data.read("sft"),
                                      sft_batcher, mesh=mesh)
-    print(f"[{STAGE.name}] reward_bias={bias:.4f}", flush=True)
+    print(f"[{stage}] reward_bias={bias:.4f}", flush=True)
     return [Export(params=state.params, card=stage_export.ExportCard(
-        stage=STAGE.name, model=cfg.__dict__, steps=int(state.step), reward_bias=bias,
+        stage=stage, model=cfg.__dict__, steps=int(state.step), reward_bias=bias,
         final_eval=final_eval, bad_rows=data.bad_rows))]
 
   return StageProgram(
-      name=STAGE.name, workdir=os.path.join(run_dir, STAGE.name), cadence=cadence(train),
+      name=stage, workdir=os.path.join(run_dir, stage), cadence=cadence(train),
       mesh=mesh, init_state=make_init_state(model, train, buckets[0]), seed=config.seed,
       build_advance=lambda shardings: batch_advance(build_step(train, shardings), batches,
                                                     mesh),
@@ -163,4 +185,4 @@ def _program(config, run_dir: str) -> StageProgram:
 
 
 if __name__ == "__main__":
-  cli.main(run, stages=(STAGE.name,), default_stage=STAGE.name)
+  cli.main(run, stages=STAGES, default_stage="rm")

@@ -17,6 +17,10 @@ class Stage:
   model_section: str  # config section of its architecture
   train_section: str  # config section of its hyperparameters
   program: str  # module that trains it: `python -m <program> --stage=<name>`
+  # Only where no gold score exists (config.data.source != "testbed"): the held-out
+  # reward model that judges the final evaluation, trained on comparisons no other
+  # stage sees and never used in PPO.
+  judge_only: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
@@ -28,12 +32,24 @@ STAGES: tuple[Stage, ...] = (
           program="instructjax.sft"),
     Stage(name="rm", parents=("sft",), model_section="model", train_section="rm",
           program="instructjax.reward"),
+    Stage(name="rm_judge", parents=("sft",), model_section="model", train_section="rm",
+          program="instructjax.reward", judge_only=True),
     Stage(name="ppo", parents=("sft", "rm"), model_section="model", train_section="ppo",
           program="instructjax.ppo"),
     Stage(name="ppo_ptx", parents=("sft", "rm"), model_section="model", train_section="ppo",
           program="instructjax.ppo"),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def has_gold(config) -> bool:
+  """Whether the run's data can score answers itself (the testbed), so no judge RM."""
+  return config.data.source == "testbed"
+
+
+def stages_for(config) -> tuple[Stage, ...]:
+  """The stages a run of `config` trains, in order."""
+  return tuple(s for s in STAGES if not (s.judge_only and has_gold(config)))
 
 
 def stage(name: str) -> Stage:

@@ -22,8 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # workers finish together instead of one running the end-to-end tests alone at the end.
 # test_resume.py builds the session's test_run first, which test_ppo_program.py and
 # test_notebooks.py then read.
-_SLOW_FIRST = ("test_pipeline.py", "test_resume.py", "test_steps_sharded.py",
-               "test_ppo_step.py", "test_ppo_program.py", "test_notebooks.py")
+_SLOW_FIRST = ("test_pipeline.py", "test_resume.py", "test_smoke_pipelines.py",
+               "test_steps_sharded.py", "test_ppo_step.py", "test_ppo_program.py",
+               "test_notebooks.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -53,7 +54,7 @@ def test_run(shared_tmp, programs):
   worker asks first, while the others wait; read-only for the tests."""
   from instructjax import stage_table  # pylint: disable=import-outside-toplevel
   from stage_commands import test_config  # pylint: disable=import-outside-toplevel
-  run_dir = shared_tmp / "test_run"
+  run_dir, config = shared_tmp / "test_run", test_config()
   with filelock.FileLock(str(shared_tmp / "test_run.lock")):
-    programs.ensure(run_dir, stage_table.NAMES)
-  return test_config(), run_dir
+    programs.ensure(run_dir, [s.name for s in stage_table.stages_for(config)])
+  return config, run_dir

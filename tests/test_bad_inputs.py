@@ -438,3 +438,14 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, good_dat
   assert step == 2 and int(state.step) == 2 and int(state.skipped_updates) == 0
   assert extra["data"]["step"] == 2
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_pipeline_checks_every_batch_before_any_stage(tmp_path):
+  from instructjax import pipeline  # pylint: disable=import-outside-toplevel
+  config = load_config(DEFAULT_CONFIG + ":test")
+  config.ppo.minibatch_size = 4  # PPO's minibatches, hours into a real run, on 8 devices
+  config.ppo.rollout_batch_size = 12
+  with pytest.raises(sharding.ShardingError,
+                     match=r"config.ppo.rollout_batch_size=12 is not divisible by data x fsdp"):
+    pipeline.run(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []  # no data made, no stage started

@@ -101,6 +101,23 @@ def test_sft_batch_masks(tok):
   assert batch.tokens.dtype == np.int32
 
 
+def test_empty_responses_train_eos_alone(tok):
+  """An empty (or blank) reply, e.g. HH-RLHF's preferred silence: the target is EOS, and a
+  prompt that fills max_prompt_len still leaves it room."""
+  records = [SftRecord(_words(1, 2), ""), SftRecord(_words(1, 2, 3, 4, 5), "  "),
+             SftRecord(_words(4), _words(5))]
+  batch = _only_batch(records, SftBatcher(tok, buckets=(4,), max_prompt_len=3))
+  P = PAD
+  np.testing.assert_array_equal(batch.tokens, [
+      [W(1), W(2), EOS, P], [W(3), W(4), W(5), EOS], [W(4), W(5), EOS, P]])
+  np.testing.assert_array_equal(batch.token_mask, [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]])
+  np.testing.assert_array_equal(batch.loss_mask, [[0, 0, 1, 0], [0, 0, 0, 1], [0, 1, 1, 0]])
+  ranked = _only_batch([RankingRecord(_words(6), (_words(7), ""), (1, 0))],
+                       RankingBatcher(tok, buckets=(4,), max_prompt_len=2, k_max=2))
+  np.testing.assert_array_equal(ranked.tokens, [[[W(6), EOS, P, P], [W(6), W(7), EOS, P]]])
+  np.testing.assert_array_equal(ranked.token_mask, [[[1, 1, 0, 0], [1, 1, 1, 0]]])
+
+
 def test_pretrain_batch_masks(tok):
   batch = _only_batch([TextRecord(_words(1, 2)), TextRecord(_words(3))],
                       PretrainBatcher(tok, buckets=(4,)))
@@ -253,7 +270,8 @@ def test_hosts_split_each_global_batch(tok):
     halves = [next(h).example_index for h in hosts]
     assert not set(halves[0]) & set(halves[1])
     np.testing.assert_array_equal(np.concatenate(halves), want)
-  with pytest.raises(ValueError, match="batch_size=3 must be a positive multiple of process_count=2"):
+  with pytest.raises(ValueError,
+                     match="batch_size=3 must be a positive multiple of process_count=2"):
     _prompt_iterator(tok, 9, seed=5, batch_size=3, process_index=0, process_count=2)
   with pytest.raises(ValueError, match=r"process_index=2 is not in \[0, 2\)"):
     _prompt_iterator(tok, 9, seed=5, batch_size=4, process_index=2, process_count=2)

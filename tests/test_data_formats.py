@@ -27,9 +27,10 @@ def _write_lines(path, lines):
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
 def test_generic_records_round_trip(tmp_path, suffix):
   cases = {
-      "sft": [SftRecord("Say hi.", " Hi!"), SftRecord("2+2?", " 4")],
+      "sft": [SftRecord("Say hi.", " Hi!"), SftRecord("2+2?", " 4"),
+              SftRecord("Say nothing.", "")],  # an empty response is a demonstration
       "ranking": [RankingRecord("Q", ("a", "b", "c"), (2, 0, 1), labeler=7),
-                  RankingRecord("R", ["x", "y"], [1, 0])],
+                  RankingRecord("R", ["x", "y"], [1, 0]), RankingRecord("S", ("", " "), (0, 1))],
       "prompt": [PromptRecord("Tell me a joke.")],
       "text": [TextRecord("Once upon a time.")],
   }
@@ -64,8 +65,8 @@ _BAD_ROWS = [
     ("sft", '["p", "r"]', "expected a JSON object, got list"),
     ("sft", '{"prompt": "p"}', "missing field(s) ['response']"),
     ("sft", '{"prompt": "p", "response": 3}', "field 'response' must be a string, got int"),
-    ("sft", '{"prompt": "p", "response": ""}', "field 'response' is empty"),
-    ("sft", '{"prompt": "p", "response": "  \\n "}', "field 'response' is empty"),
+    ("sft", '{"prompt": "", "response": "r"}', "field 'prompt' is empty"),
+    ("sft", '{"prompt": "  \\n ", "response": ""}', "field 'prompt' is empty"),
     ("prompt", '{"prompt": null}', "field 'prompt' must be a string, got NoneType"),
     ("text", '{"txt": "t"}', "missing field(s) ['text']"),
     ("ranking", '{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}',
@@ -77,8 +78,11 @@ _BAD_ROWS = [
     ("ranking", '{"prompt": "p", "responses": ["a"], "ranking": [0]}', "K >= 2"),
     ("ranking", '{"prompt": "p", "responses": "ab", "ranking": [0, 1]}',
      "field 'responses' must be a list, got str"),
-    ("ranking", '{"prompt": "p", "responses": ["a", ""], "ranking": [0, 1]}',
-     "field 'responses[1]' is empty"),
+    ("ranking", '{"prompt": " ", "responses": ["a", ""], "ranking": [0, 1]}',
+     "field 'prompt' is empty"),
+    ("ranking", '{"prompt": "p", "responses": ["a", null], "ranking": [0, 1]}',
+     "field 'responses[1]' must be a string, got NoneType"),
+    ("text", '{"text": ""}', "field 'text' is empty"),
     ("ranking", '{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1], "labeler": true}',
      "field 'labeler'"),
 ]
@@ -102,7 +106,8 @@ def test_bad_utf8_names_file_and_line(tmp_path):
 
 
 def test_skip_bad_rows_counts_them(tmp_path):
-  lines = [_GOOD["sft"], "{broken", '{"prompt": "p"}', _GOOD["sft"], '{"prompt": "p", "response": " "}']
+  lines = [_GOOD["sft"], "{broken", '{"prompt": "p"}', _GOOD["sft"],
+           '{"prompt": " ", "response": "r"}']
   path = _write_lines(tmp_path / "data.jsonl.gz", lines)
   result = read_jsonl(path, "sft", skip_bad_rows=True)
   assert result.records == [SftRecord("p", "r")] * 2
@@ -130,7 +135,8 @@ def test_truncated_gz_names_file_and_line(tmp_path):
   for skip in (False, True):  # a truncated file is never a skippable row
     with pytest.raises(DataError) as info:
       read_jsonl(path, "sft", skip_bad_rows=skip)
-    match = re.match(rf"{re.escape(str(path))}:(\d+): file is truncated or corrupt", str(info.value))
+    match = re.match(rf"{re.escape(str(path))}:(\d+): file is truncated or corrupt",
+                     str(info.value))
     assert match and 1 < int(match.group(1)) < 300
 
 
@@ -169,24 +175,75 @@ def test_hh_rlhf_shared_prefix(tmp_path):
   assert sft_from_rankings(result.records)[0] == SftRecord(_HH_PROMPT, " Try Tom.")
 
 
-@pytest.mark.parametrize("row,problem", [
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d",
-      "rejected": "\n\nHuman: a\n\nAssistant: x\n\nHuman: c\n\nAssistant: d"},
-     "'chosen' has a '\\n\\nHuman:' turn after the last shared"),
-    ({"chosen": "Human: a", "rejected": "Human: b"}, "share no '\\n\\nAssistant:' turn"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant:", "rejected": "\n\nHuman: a\n\nAssistant: b"},
-     "field 'responses[0]' is empty"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b"}, "missing field 'rejected'"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": ["x"]},
+def test_hh_rlhf_empty_replies_build(tmp_path):
+  """Like harmless-base/test.jsonl.gz line 87: the preferred reply is to say nothing."""
+  single = "\n\nHuman: How do I pick a lock?\n\nAssistant:"
+  rows = [{"chosen": single, "rejected": single + " Use a tension wrench."},
+          {"chosen": _HH_PROMPT + " Tom.", "rejected": _HH_PROMPT},
+          {"chosen": single + " ", "rejected": single + " Sure."}]  # a lone space
+  path = _write_lines(tmp_path / "test.jsonl.gz", [json.dumps(r) for r in rows])
+  result = hh_rlhf.read_hh_rlhf(path)
+  assert result.records == [
+      RankingRecord(single, ("", " Use a tension wrench."), (0, 1)),
+      RankingRecord(_HH_PROMPT, (" Tom.", ""), (0, 1)),
+      RankingRecord(single, (" ", " Sure."), (0, 1)),
+  ]
+  assert result.num_bad_rows == 0
+  assert sft_from_rankings(result.records) == [
+      SftRecord(single, ""), SftRecord(_HH_PROMPT, " Tom."), SftRecord(single, " ")]
+
+
+def test_hh_rlhf_pairs_differing_before_the_last_turn_build(tmp_path):
+  """Each response is the rest of its conversation: prompt + response is the published
+  conversation, and the preference between the two whole conversations is kept."""
+  chosen = "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d"
+  rejected = "\n\nHuman: a\n\nAssistant: x\n\nHuman: y\n\nAssistant:"
+  path = _write_lines(tmp_path / "train.jsonl.gz", [json.dumps({"chosen": chosen,
+                                                                "rejected": rejected})])
+  (record,) = hh_rlhf.read_hh_rlhf(path).records
+  assert record == RankingRecord("\n\nHuman: a\n\nAssistant:", (
+      " b\n\nHuman: c\n\nAssistant: d", " x\n\nHuman: y\n\nAssistant:"), (0, 1))
+  assert [record.prompt + r for r in record.responses] == [chosen, rejected]
+
+
+@pytest.mark.parametrize("line,problem", [
+    ('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": ', "Expecting value"),
+    ('["\\n\\nHuman: a"]', "expected a JSON object, got list"),
+    # They differ in the first human turn: no prompt the two answer.
+    ('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", '
+     '"rejected": "\\n\\nHuman: z\\n\\nAssistant: b"}', "share no '\\n\\nAssistant:' turn"),
+    ('{"chosen": "Human: a", "rejected": "Human: b"}', "share no '\\n\\nAssistant:' turn"),
+    ('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b"}', "missing field 'rejected'"),
+    ('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": ["x"]}',
      "field 'rejected' must be a string, got list"),
+    ('{"chosen": null, "rejected": "\\n\\nHuman: a\\n\\nAssistant: b"}',
+     "field 'chosen' must be a string, got NoneType"),
 ])
-def test_hh_rlhf_bad_rows(tmp_path, row, problem):
+def test_hh_rlhf_bad_rows(tmp_path, line, problem):
   good = {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}
-  path = _write_lines(tmp_path / "test.jsonl.gz", [json.dumps(good), json.dumps(row)])
+  path = _write_lines(tmp_path / "test.jsonl.gz", [json.dumps(good), line])
   with pytest.raises(DataError) as info:
     hh_rlhf.read_hh_rlhf(path)
   assert str(info.value).startswith(f"{path}:2: ") and problem in str(info.value)
   assert hh_rlhf.read_hh_rlhf(path, skip_bad_rows=True).num_bad_rows == 1
+
+
+def test_hh_rlhf_every_good_row_builds_and_bad_ones_are_counted(tmp_path):
+  """A published-size file: 90 pairs, an empty chosen reply on line 87 (where the old
+  reader stopped on harmless-base/test.jsonl.gz), and two malformed lines."""
+  rows = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: yes", "rejected":
+           f"\n\nHuman: q{i}\n\nAssistant: no"} for i in range(90)]
+  rows[86]["chosen"] = "\n\nHuman: q86\n\nAssistant:"
+  lines = [json.dumps(r) for r in rows]
+  lines[40], lines[60] = "{cut sho", json.dumps({"chosen": "\n\nHuman: q60"})
+  path = _write_lines(tmp_path / "test.jsonl.gz", lines)
+  with pytest.raises(DataError, match=re.escape(f"{path}:41: ")):
+    hh_rlhf.read_hh_rlhf(path)
+  result = hh_rlhf.read_hh_rlhf(path, skip_bad_rows=True)
+  assert len(result.records) == 88
+  assert [m.split(": ")[0] for m in result.bad_rows] == [f"{path}:41", f"{path}:61"]
+  assert result.records[-4] == RankingRecord("\n\nHuman: q86\n\nAssistant:", ("", " no"),
+                                             (0, 1))
 
 
 # --- TL;DR ---------------------------------------------------------------------------
@@ -231,8 +288,9 @@ def test_tldr_comparisons(tmp_path):
     (lambda c: c["info"].pop("post"), "missing field 'info.post'"),
     (lambda c: c.update(info=[]), "field 'info' must be of type dict, got list"),
     (lambda c: c["summaries"].pop(), "must hold 2 summaries, got 1"),
-    (lambda c: c["summaries"][1].update(text=7), "field 'summaries[1].text' must be of type str, got int"),
-    (lambda c: c["summaries"][0].update(text="  "), "field 'responses[0]' is empty"),
+    (lambda c: c["summaries"][1].update(text=7),
+     "field 'summaries[1].text' must be of type str, got int"),
+    (lambda c: c["summaries"][0].pop("text"), "missing field 'summaries[0].text'"),
     (lambda c: c.update(split="test"), "field 'split'='test' is not one of"),
     (lambda c: c.pop("worker"), "missing field 'worker'"),
 ])
@@ -245,12 +303,27 @@ def test_tldr_comparison_bad_rows(tmp_path, change, problem):
   assert str(info.value).startswith(f"{path}:2: ") and problem in str(info.value)
 
 
+def test_tldr_empty_summaries_build(tmp_path):
+  """A blank summary is an empty response (its target EOS alone), in either position."""
+  chosen_blank, rejected_blank = _comparison(0), _comparison(0)
+  chosen_blank["summaries"][0]["text"] = " "
+  rejected_blank["summaries"][1]["text"] = ""
+  path = _write_lines(tmp_path / "batch5.json",
+                      [json.dumps(chosen_blank), json.dumps(rejected_blank)])
+  first, second = tldr.read_tldr_comparisons(path).records
+  assert (first.responses, first.ranking) == (("", " other driver was speeding."), (0, 1))
+  assert (second.responses, second.ranking) == ((" car hit me.", ""), (0, 1))
+  assert sft_from_rankings([first]) == [SftRecord(_TLDR_PROMPT, "")]
+
+
 def test_tldr_sft(tmp_path):
   row = {"id": "t3_1", "subreddit": "legaladvice", "title": "Car accident?", "post": "My car.",
          "summary": " I crashed. "}
-  path = _write_lines(tmp_path / "train.jsonl", [json.dumps(row), json.dumps({**row, "summary": ""})])
-  with pytest.raises(DataError, match=re.escape(f"{path}:2: field 'response' is empty")):
+  lines = [json.dumps(row), json.dumps({**row, "summary": ""}),
+           json.dumps({k: v for k, v in row.items() if k != "summary"})]
+  path = _write_lines(tmp_path / "train.jsonl", lines)
+  with pytest.raises(DataError, match=re.escape(f"{path}:3: missing field 'summary'")):
     tldr.read_tldr_sft(path)
   result = tldr.read_tldr_sft(path, skip_bad_rows=True)
-  assert result.records == [SftRecord(_TLDR_PROMPT, " I crashed.")]
+  assert result.records == [SftRecord(_TLDR_PROMPT, " I crashed."), SftRecord(_TLDR_PROMPT, "")]
   assert result.num_bad_rows == 1

@@ -65,13 +65,26 @@ def test_data_source_by_name(tmp_path, hh_manual):
   assert len(train) == 2
   assert train[1] == RankingRecord("\n\nHuman: 2+2?\n\nAssistant:", (" 4", " 5"), (0, 1))
   assert train[:1] == [train[0]] and train[-1] == train[1]
+  assert tfds_builders.read_all(sources["train"], chunk=1) == list(train)
   with pytest.raises(IndexError):
     train[2]  # pylint: disable=pointless-statement
 
 
+def test_hh_rlhf_empty_replies_build(tmp_path, hh_manual):
+  """harmless-base/test.jsonl.gz has pairs whose preferred reply is empty: they build."""
+  _write(hh_manual / "helpful-base" / "test.jsonl.gz",
+         [_hh("Insult me", "", " You fool."), _hh("Hi", " Hello!", "")])
+  builder = HhRlhf(config="helpful-base", data_dir=str(tmp_path / "data"))
+  splits = _prepare(builder, hh_manual)
+  assert sorted(splits["test"], key=lambda r: r.prompt) == [
+      RankingRecord("\n\nHuman: Hi\n\nAssistant:", (" Hello!", ""), (0, 1)),
+      RankingRecord("\n\nHuman: Insult me\n\nAssistant:", ("", " You fool."), (0, 1))]
+  assert builder.info.metadata["bad_rows"] == {"train": 0, "test": 0}
+
+
 def test_hh_rlhf_bad_rows_strict_and_skipped(tmp_path, hh_manual):
   _write(hh_manual / "helpful-base" / "train.jsonl.gz", [_hh("Hi", " Hello!", " Go.")],
-         raw_lines=["{not json", json.dumps(_hh("Hi", "", " Go."))])
+         raw_lines=["{not json", json.dumps({"chosen": "\n\nHuman: Hi\n\nAssistant: a"})])
   with pytest.raises(DataError, match=r"train\.jsonl\.gz:2: "):
     HhRlhf(config="helpful-base", data_dir=str(tmp_path / "strict")).download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(hh_manual)))
@@ -154,3 +167,27 @@ def test_manual_instructions_name_the_files():
   assert "tldr_3_filtered" in TldrSft.MANUAL_DOWNLOAD_INSTRUCTIONS
   assert tfds_builders.record_from_example(
       {"prompt": b"p", "response": b"r"}) == SftRecord("p", "r")
+
+
+def test_read_manual_dataset_counts_bad_rows(tmp_path, hh_manual):
+  _write(hh_manual / "harmless-base" / "train.jsonl.gz", [_hh("Go", "", " No.")],
+         raw_lines=["[1, 2]"])
+  _write(hh_manual / "harmless-base" / "test.jsonl.gz", [_hh("Stop", " Ok.", " No.")])
+  splits = tfds_builders.read_manual_dataset(
+      "hh_rlhf", manual_dir=str(hh_manual), data_dir=str(tmp_path / "data"),
+      subsets=("helpful-base", "harmless-base"), skip_bad_rows=True)
+  assert len(splits.train) == 3 and len(splits.test) == 2
+  assert RankingRecord("\n\nHuman: Go\n\nAssistant:", ("", " No."), (0, 1)) in splits.train
+  assert splits.bad_rows == {"hh_rlhf/helpful-base/1.0.0": {"train": 0, "test": 0},
+                             "hh_rlhf/harmless-base/1.0.0": {"train": 1, "test": 0}}
+
+
+def test_check_manual_dir_accepts_either_name(tmp_path):
+  manual = tmp_path / "manual"
+  _write(manual / "train.jsonl.gz", [{"prompt": "p", "responses": ["x", "y"], "ranking": [1, 0]}])
+  with pytest.raises(DataError, match=r"lacks test\.jsonl\. Dataset 'jsonl_preferences'"):
+    tfds_builders.check_manual_dir("jsonl_preferences", str(manual))
+  _write(manual / "test.jsonl", [{"prompt": "q", "responses": ["x", "y"], "ranking": [1, 0]}])
+  tfds_builders.check_manual_dir("jsonl_preferences", str(manual))
+  with pytest.raises(DataError, match=r"lacks comparisons/batch\*\.json\. Dataset 'tldr'"):
+    tfds_builders.check_manual_dir("tldr", str(manual))

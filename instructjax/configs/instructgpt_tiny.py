@@ -123,6 +123,9 @@ def get_config(variant: str = ""):
   # Share of each prompt's K ranked responses that are samples of the SFT policy (the
   # paper's labelers rank model outputs); the rest are the testbed's synthetic ones.
   config.rm.policy_sample_fraction = 0.5
+  # On real data (no gold score): the share of rm_train prompts held out for the judge
+  # RM of the final evaluation (stage rm_judge), never seen by the RM or PPO.
+  config.rm.judge_fraction = 0.2
 
   config.ppo = _ppo()
   config.eval = ml_collections.ConfigDict(dict(

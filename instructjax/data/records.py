@@ -9,6 +9,9 @@ One JSON object per line, in one of four kinds:
   "prompt":  {"prompt": str}                      (RL prompts)
   "text":    {"text": str}                        (pretraining documents)
 Unknown extra fields are ignored. Files may be plain or gzip-compressed (`.gz`).
+Prompts and texts must hold more than whitespace; responses may be empty, since an empty
+reply can be the preferred one (HH-RLHF has such comparisons: the harmless answer is to
+say nothing) and a demonstration of it then teaches the model to stop at once.
 
 Bad input never passes silently: every problem raises `DataError` naming the file and
 line, unless `skip_bad_rows=True`, which drops the row and counts it in the result.
@@ -33,27 +36,29 @@ class DataError(ValueError):
   """Input data that does not match its documented format."""
 
 
-def _check_text(name: str, value: Any) -> None:
+def _check_text(name: str, value: Any, *, may_be_empty: bool = False) -> None:
+  """A string, and unless `may_be_empty` one with more than whitespace."""
   if not isinstance(value, str):
     raise ValueError(f"field '{name}' must be a string, got {type(value).__name__}")
-  if not value.strip():
+  if not may_be_empty and not value.strip():
     raise ValueError(f"field '{name}' is empty")
 
 
 @dataclasses.dataclass(frozen=True)
 class SftRecord:
-  """A demonstration: the response is the training target."""
+  """A demonstration: the response (possibly empty) + EOS is the training target."""
   prompt: str
   response: str
 
   def __post_init__(self):
     _check_text("prompt", self.prompt)
-    _check_text("response", self.response)
+    _check_text("response", self.response, may_be_empty=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class RankingRecord:
-  """K >= 2 responses to one prompt; `ranking` lists response indices best first."""
+  """K >= 2 responses (each possibly empty) to one prompt; `ranking` lists response
+  indices best first."""
   prompt: str
   responses: tuple[str, ...]
   ranking: tuple[int, ...]
@@ -67,7 +72,7 @@ class RankingRecord:
     if len(self.responses) < 2:
       raise ValueError(f"field 'responses' needs K >= 2 responses, got K={len(self.responses)}")
     for i, response in enumerate(self.responses):
-      _check_text(f"responses[{i}]", response)
+      _check_text(f"responses[{i}]", response, may_be_empty=True)
     if not isinstance(self.ranking, (list, tuple)):
       raise ValueError(f"field 'ranking' must be a list, got {type(self.ranking).__name__}")
     if any(isinstance(r, bool) or not isinstance(r, int) for r in self.ranking):

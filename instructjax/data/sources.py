@@ -1,7 +1,14 @@
-"""Where a run's records and tokenizer come from: the embedded testbed or JSONL files.
+"""Where a run's records and tokenizer come from: the embedded testbed, JSONL split files,
+or a TFDS builder of published preference data.
 
-Both end up as the same generic records (`instructjax.data.records`), so the stage
-programs never care which source they read.
+`config.data.source`:
+  "testbed": the embedded world, generated into config.data.dir or WORKDIR/testbed;
+  "jsonl":   split files someone made, in config.data.dir;
+  "tfds":    config.data.dataset built from config.data.manual_dir, its split files
+             derived by config into config.data.dir or WORKDIR/data
+             (`instructjax.data.prompt_splits`).
+All end up as the same generic records (`instructjax.data.records`) in one file per split
+(SPLITS), so the stage programs never care which source they read.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import ml_collections
 import transformers
 
 from instructjax.atomic_write import write_json
-from instructjax.data import records, tokenize
+from instructjax.data import prompt_splits, records, tokenize
 from instructjax.data import testbed as testbed_lib
 
 SPLITS = {  # split -> record kind
@@ -85,6 +92,17 @@ def _flat(card: dict, prefix: str = "") -> dict:
   return out
 
 
+def text_sources(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, str]:
+  """{split: the text that stood in} for pretrain / pretrain_heldout where the config named
+  no file (the tfds source records it in its splits card); {} where files were given."""
+  if config.data.source != "tfds":
+    return {}
+  directory = config.data.dir or os.path.join(run_dir, "data")
+  with open(os.path.join(directory, prompt_splits.CARD), encoding="utf-8") as f:
+    card = json.load(f)
+  return {split: what for split, what in card.get("stand_ins", {}).items() if what}
+
+
 def load_data(config: ml_collections.ConfigDict, run_dir: str) -> DataSource:
   """The data of a run rooted at run_dir, checked against the model's vocabulary."""
   bed = None
@@ -99,8 +117,13 @@ def load_data(config: ml_collections.ConfigDict, run_dir: str) -> DataSource:
                        f"({', '.join(s + '.jsonl' for s in SPLITS)}) is needed when "
                        "data.source='jsonl'")
     tokenizer_dir = config.data.tokenizer
+  elif config.data.source == "tfds":
+    directory = config.data.dir or os.path.join(run_dir, "data")
+    prompt_splits.prepare_splits(config.data, directory)
+    tokenizer_dir = config.data.tokenizer
   else:
-    raise ValueError(f"config.data.source={config.data.source!r} is not 'testbed' or 'jsonl'")
+    raise ValueError(f"config.data.source={config.data.source!r} is not 'testbed' or 'jsonl' "
+                     "or 'tfds'")
   if not tokenizer_dir:
     raise ValueError("config.data.tokenizer: a tokenizer directory is needed")
   tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)

@@ -9,7 +9,9 @@ Two published formats, both JSON lines:
     {"id", "subreddit", "title", "post", "summary"} -> SftRecord.
 The prompt is "SUBREDDIT: r/{subreddit}\\nTITLE: {title}\\nPOST: {post}\\nTL;DR:" and the
 response " " + summary. Published summaries already start with a space, so the summary is
-stripped first: every response starts with exactly one space.
+stripped first: every response starts with exactly one space, except that an empty (or
+blank) summary is an empty response, whose target is EOS alone. Only malformed rows
+are errors: not JSON, a missing or ill-typed field, a choice or split out of range.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def format_prompt(*, subreddit: str, title: str, post: str) -> str:
 
 
 def format_response(summary: str) -> str:
-  return " " + summary.strip()
+  """The stripped summary after one space; "" for a blank one (no lone space as target)."""
+  summary = summary.strip()
+  return " " + summary if summary else ""
 
 
 def labeler_id(worker: str) -> int:

@@ -77,7 +77,7 @@ def kl_to_reference(policy, params, reference, ref_params, prompts: Sequence[str
   return float(np.mean(kls))
 
 
-class _Models:
+class Models:
   """Each stage's exported policy, loaded once, with its architecture."""
 
   def __init__(self, config, run_dir: str, mesh):
@@ -110,7 +110,7 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   train_group, heldout_group = LABELER_GROUPS
   judges = {train_group: [l for l in bed.labelers if not l.held_out],
             heldout_group: [l for l in bed.labelers if l.held_out]}
-  models = _Models(config, run_dir, mesh)
+  models = Models(config, run_dir, mesh)
   rng = jax.random.PRNGKey(config.seed + 7)
   heldout_docs = data.read("pretrain_heldout")
   answers, results = {}, {}

@@ -88,25 +88,28 @@ def ppo_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], *,
   return figure
 
 
-def win_rates(models: Mapping[str, Mapping[str, Any]]) -> Figure:
-  """Win rate against SFT per model with CI error bars, for both labeler groups."""
+def win_rates(models: Mapping[str, Mapping[str, Any]], *,
+              groups: Sequence[tuple[str, str, str]] = _LABELER_GROUPS,
+              title: str = "Labeler preference for each model over SFT (95% CI)") -> Figure:
+  """Win rate against SFT per model with CI error bars, for each group of judges:
+  (results key, legend title, color)."""
   names = list(models)
   figure = _new_figure(max(8.0, 1.5 * len(names)), 4.8)
   ax = figure.subplots()
   width = 0.38
-  for g, (group, title, color) in enumerate(_LABELER_GROUPS):
+  for g, (group, legend, color) in enumerate(groups):
     stats = [models[name]["win_rate_vs_sft"][group] for name in names]
     rates = [_height(s["rate"]) for s in stats]  # [M]
     below = [_error_bar(s["rate"], s["ci_low"]) for s in stats]  # [M]
     above = [_error_bar(s["rate"], s["ci_high"]) for s in stats]  # [M]
     xs = [i + (g - 0.5) * width for i in range(len(names))]
-    ax.bar(xs, rates, width, yerr=[below, above], capsize=4, color=color, label=title)
+    ax.bar(xs, rates, width, yerr=[below, above], capsize=4, color=color, label=legend)
   ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="Tie with SFT")
   ax.set_xticks(range(len(names)), [_wrapped(models[n]["label"]) for n in names])
   ax.set_ylim(0.0, 1.0)
   ax.set_xlabel("Model")
   ax.set_ylabel("Win rate against SFT")
-  ax.set_title("Labeler preference for each model over SFT (95% CI)")
+  ax.set_title(title)
   ax.legend(loc="upper left")
   ax.grid(axis="y", alpha=0.3)
   return figure

@@ -36,13 +36,9 @@ def few_shot_prompt(demos: Sequence[testbed.Example], example: testbed.Example) 
 def win_rate(examples, responses: Sequence[str], baseline: Sequence[str], labelers) -> dict:
   """Expected fraction of comparisons the responses win against the baseline's, with a
   95% normal-approximation interval over prompts."""
-  per_prompt = np.array([
+  return measures.mean_with_ci([
       np.mean([l.preference_probability(e, a, b) for l in labelers])
-      for e, a, b in zip(examples, responses, baseline)])  # [N]
-  rate = float(per_prompt.mean())
-  half = 1.96 * float(per_prompt.std(ddof=1)) / np.sqrt(len(per_prompt))
-  return {"rate": rate, "ci_low": float(rate - half), "ci_high": float(rate + half),
-          "n": len(per_prompt)}
+      for e, a, b in zip(examples, responses, baseline)])
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "reference", "prompt_len"))

@@ -27,21 +27,17 @@ import numpy as np
 from instructjax import hf_import, reward, sharding, stage_export
 from instructjax.data import batching, records, sources
 from instructjax.evaluation import final_eval, measures
-from instructjax.evaluation.contestants import BASELINE, CONTESTANTS
+from instructjax.evaluation.contestants import BASELINE, CONTESTANTS, contestant
 from instructjax.models import ScalarModel
 
 JUDGES = ("rm", "rm_judge")  # how results name the judges (also their stages)
 JUDGE_TITLES = {"rm": "RM used by PPO", "rm_judge": "held-out judge RM"}
-N_SAMPLES = 4  # prompts whose answers the report shows for every model
 
 
 def judged_win_rate(scores: np.ndarray, baseline: np.ndarray) -> dict:
   """Mean Bradley-Terry preference for each answer over the baseline's, with a 95%
   normal-approximation interval over prompts. scores, baseline: [N] rewards."""
-  per_prompt = 1.0 / (1.0 + np.exp(-(scores - baseline)))  # [N]
-  rate = float(per_prompt.mean())
-  half = 1.96 * float(per_prompt.std(ddof=1)) / np.sqrt(len(per_prompt))
-  return {"rate": rate, "ci_low": rate - half, "ci_high": rate + half, "n": len(per_prompt)}
+  return measures.mean_with_ci(1.0 / (1.0 + np.exp(-(scores - baseline))))  # [N] -> stats
 
 
 def score_answers(model: ScalarModel, params, prompts: Sequence[str], answers: Sequence[str],
@@ -94,7 +90,7 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
         "heldout_loss": measures.lm_loss(model.apply, params, heldout_docs, doc_batcher,
                                          batch_size=32, mesh=mesh),
         "samples": [{"prompt": p, "response": r}
-                    for p, r in zip(prompts[:N_SAMPLES], answers[c.name])]}
+                    for p, r in zip(prompts[:final_eval.N_SAMPLES], answers[c.name])]}
   sft_model, sft_params = models(BASELINE)
   for judge, (params, card) in judges.items():
     scores = {name: score_answers(scalar, params, prompts, a, tok, config=config, mesh=mesh)
@@ -104,7 +100,7 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
           scores[name], scores[BASELINE])
       result.setdefault("mean_reward", {})[judge] = float(scores[name].mean())
   for name, result in results.items():
-    model, params = models(next(c.stage for c in CONTESTANTS if c.name == name))
+    model, params = models(contestant(name).stage)
     result["kl_to_sft"] = final_eval.kl_to_reference(
         model, params, sft_model, sft_params, prompts, tok,
         prompt_len=config.data.max_prompt_len, max_new_tokens=config.eval.max_new_tokens,

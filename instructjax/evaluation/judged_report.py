@@ -15,7 +15,8 @@ from instructjax.atomic_write import write_atomic
 from instructjax.evaluation import plots
 from instructjax.evaluation.judged_eval import JUDGE_TITLES, JUDGES
 from instructjax.evaluation.report import (PLOTS_DIR, Block, Collapsed, Heading, Image,
-                                           Paragraph, Table, to_html, to_markdown)
+                                           Paragraph, Table, number, rate_with_ci, to_html,
+                                           to_markdown)
 
 _JUDGE_GROUPS = tuple(zip(JUDGES, (JUDGE_TITLES[j] for j in JUDGES), ("#4C72B0", "#DD8452")))
 MAX_RESPONSE_CHARS = 600
@@ -28,14 +29,6 @@ LIMITS = (
     "neither the RM nor PPO saw. Both share the SFT model's blind spots.")
 
 
-def _num(value: Any, digits: int = 3) -> str:
-  return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _rate(stats: Mapping[str, Any]) -> str:
-  return f"{stats['rate']:.3f} ({stats['ci_low']:.3f}-{stats['ci_high']:.3f})"
-
-
 def _text_note(results: Mapping[str, Any]) -> str:
   stood_in = results.get("text_sources") or {}
   if not stood_in:
@@ -46,8 +39,8 @@ def _text_note(results: Mapping[str, Any]) -> str:
 
 def report_blocks(results: Mapping[str, Any]) -> list[Block]:
   models = results["models"]
-  rows = [(m["label"], *(_rate(m["win_rate_vs_sft"][j]) for j in JUDGES),
-           _num(m["kl_to_sft"], 2), _num(m["answer_tokens"], 1), _num(m["heldout_loss"]))
+  rows = [(m["label"], *(rate_with_ci(m["win_rate_vs_sft"][j]) for j in JUDGES),
+           number(m["kl_to_sft"], 2), number(m["answer_tokens"], 1), number(m["heldout_loss"]))
           for m in models.values()]
   blocks: list[Block] = [
       Heading(1, "instructjax: InstructGPT on real data"),
@@ -58,7 +51,7 @@ def report_blocks(results: Mapping[str, Any]) -> list[Block]:
              "KL to SFT (nats)", "answer tokens", "held-out LM loss"), rows),
       Heading(2, "Reward models"),
       Table(("Judge", "ranking accuracy on the test comparisons"),
-            [(JUDGE_TITLES[j], _num(results["rm_accuracy"].get(j))) for j in JUDGES]),
+            [(JUDGE_TITLES[j], number(results["rm_accuracy"].get(j))) for j in JUDGES]),
       Image("win_rate_vs_sft", "Win rate against SFT, by judge (95% CI)"),
       Heading(2, "Sample responses")]
   first = next(iter(models.values()))

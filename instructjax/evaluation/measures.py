@@ -75,6 +75,14 @@ def greedy_config(tokenizer, *, max_new_tokens: int) -> sampling.SamplingConfig:
                                  pad_id=tokenize.pad_id(tokenizer))
 
 
+def mean_with_ci(per_prompt) -> dict:
+  """The mean of per-prompt values [N] with a 95% normal-approximation interval."""
+  per_prompt = np.asarray(per_prompt, np.float64)  # [N]
+  rate = float(per_prompt.mean())
+  half = 1.96 * float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt)))
+  return {"rate": rate, "ci_low": rate - half, "ci_high": rate + half, "n": len(per_prompt)}
+
+
 def mean_gold_score(examples, responses: Sequence[str]) -> float:
   return float(np.mean([testbed.score(e, r) for e, r in zip(examples, responses)]))
 

@@ -143,7 +143,7 @@ def _finite(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _num(value: Any, digits: int = 3) -> str:
+def number(value: Any, digits: int = 3) -> str:
   if isinstance(value, bool):
     return str(value).lower()
   return f"{value:.{digits}f}" if _finite(value) else "n/a"
@@ -169,9 +169,9 @@ def _seconds(value: Any) -> str:
   return f"{int(minutes)} min {seconds:.0f} s" if minutes else f"{seconds:.1f} s"
 
 
-def _rate(stats: Mapping[str, Any]) -> str:
-  return (f"{_num(stats['rate'], 2)} ({_num(stats['ci_low'], 2)}–"
-          f"{_num(stats['ci_high'], 2)}; n={stats['n']})")
+def rate_with_ci(stats: Mapping[str, Any]) -> str:
+  return (f"{number(stats['rate'], 2)} ({number(stats['ci_low'], 2)}–"
+          f"{number(stats['ci_high'], 2)}; n={stats['n']})")
 
 
 def _value(value: Any) -> str:
@@ -247,10 +247,10 @@ def _claim_blocks(claims: Sequence[Mapping[str, Any]]) -> list[Block]:
 
 def _model_blocks(results: Mapping[str, Any]) -> list[Block]:
   models = results["models"]
-  rows = [(m["label"], _count(m["params"]), _num(m["gold_score"]),
-           _rate(m["win_rate_vs_sft"]["train_labelers"]),
-           _rate(m["win_rate_vs_sft"]["heldout_labelers"]),
-           _num(m["kl_to_sft"]), _num(m["pretrain_loss"])) for m in models.values()]
+  rows = [(m["label"], _count(m["params"]), number(m["gold_score"]),
+           rate_with_ci(m["win_rate_vs_sft"]["train_labelers"]),
+           rate_with_ci(m["win_rate_vs_sft"]["heldout_labelers"]),
+           number(m["kl_to_sft"]), number(m["pretrain_loss"])) for m in models.values()]
   blocks: list[Block] = [
       Heading(2, "Models"),
       Paragraph("Win rates are the fraction of comparisons in which labelers preferred "
@@ -262,7 +262,7 @@ def _model_blocks(results: Mapping[str, Any]) -> list[Block]:
              "Win vs SFT, held-out labelers (95% CI; n)", "KL to SFT", "Pretraining loss"), rows),
   ]
   if results["head_to_head"]:
-    pairs = [(_pair_title(models, rival, group), _rate(stats))
+    pairs = [(_pair_title(models, rival, group), rate_with_ci(stats))
              for rival, groups in results["head_to_head"].items()
              for group, stats in groups.items()]
     blocks += [Heading(3, "Head to head"),
@@ -277,7 +277,7 @@ def _reward_model_blocks(accuracy: Mapping[str, float]) -> list[Block]:
       Paragraph("Pairwise accuracy: how often the reward model scores the response a "
                 "labeler preferred above the other one (0.5 is chance)."),
       Table(("Labelers", "Accuracy"),
-            [(title, _num(accuracy[group])) for group, title in _LABELER_GROUPS]),
+            [(title, number(accuracy[group])) for group, title in _LABELER_GROUPS]),
   ]
 
 
@@ -343,7 +343,7 @@ def _sample_blocks(models: Mapping[str, Any]) -> list[Block]:
       response = sample["response"]
       if len(response) > MAX_RESPONSE_CHARS:
         response = response[:MAX_RESPONSE_CHARS] + " [...]"
-      rows.append((model["label"], response, _num(sample["gold"])))
+      rows.append((model["label"], response, number(sample["gold"])))
     blocks += [Heading(3, f"Prompt {i}"), Paragraph(prompt),
                Table(("Model", "Response", "Gold"), rows)]
   return blocks

@@ -185,6 +185,7 @@ def get_config(variant: str = ""):
       max_len=512,  # prompt + response; responses are cut from the right
       buckets=(128, 256, 384, 512),  # padded lengths: a bounded number of compilations
       skip_bad_rows=True,  # skip and count malformed rows (file:line) rather than stop
+      prefetch=2,  # batches tokenized ahead on a grain worker thread (0: inline)
   ))
 
   # Stage 0 is the imported checkpoint (docstring step 1): these two sections only

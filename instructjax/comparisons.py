@@ -22,20 +22,22 @@ def with_policy_samples(rankings, labelers, policy, params, tokenizer, *, fracti
                         temperature: float, max_new_tokens: int, prompt_len: int, mesh,
                         seed: int) -> list[records.RankingRecord]:
   """rankings: testbed Rankings; -> RankingRecords with round(K * fraction) responses per
-  prompt sampled from the policy (empty samples keep the synthetic response)."""
+  prompt sampled from the policy. Empty samples keep the synthetic response, and so do
+  samples cut at max_new_tokens: the ranking batcher ends every response with EOS, so a
+  cut sample would reach the RM as a finished one."""
   by_id = {l.id: l for l in labelers}
   wanted = [(i, slot) for i, r in enumerate(rankings)
             for slot in range(round(len(r.responses) * fraction))]
   config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                    eos_id=tokenize.eos_id(tokenizer),
                                    pad_id=tokenize.pad_id(tokenizer))
-  samples = measures.sample_responses(
+  samples, ended = measures.sample_responses_and_ends(
       policy, params, [rankings[i].example.prompt for i, _ in wanted], tokenizer,
       sampling_config=config, batch_size=64, buckets=(prompt_len,), mesh=mesh,
       rng=jax.random.PRNGKey(seed))
   responses = [list(r.responses) for r in rankings]
-  for (i, slot), sample in zip(wanted, samples):
-    if sample.strip():
+  for (i, slot), sample, end in zip(wanted, samples, ended):
+    if end and sample.strip():
       responses[i][slot] = sample
   rng = random.Random(seed)
   out = []

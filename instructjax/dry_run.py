@@ -198,16 +198,19 @@ class _PPOSteps:
   def __init__(self, config, mesh):
     self.config, self.mesh = config, mesh
     cfg = model_config(config.model, field="config.model")
-    self.policy, self.scalar = CausalLM(cfg), ScalarModel(cfg)
+    self.policy, self.value_model, self.reward_model = ppo.make_models(cfg)
     self.state, self.shardings = _abstract_state(
-        ppo.make_init_state(config.ppo, self.policy, self.scalar), mesh)
+        ppo.make_init_state(config.ppo, self.policy, self.value_model), mesh)
     n, prompt_len = config.ppo.rollout_batch_size, config.data.max_prompt_len
     self.prompt_mask = _batch((n, prompt_len), jnp.int32, mesh)
     self.prompt_tokens, self.example_index = self.prompt_mask, _batch((n,), jnp.int32, mesh)
-    # The frozen reference and reward model have the policy's and value model's layout.
+    # The frozen reference has the policy's layout; the RM is the value model less the
+    # head bias.
     params = self.state.params
+    head = params["value"]["scalar_head"]
+    reward = {**params["value"], "scalar_head": {"kernel": head["kernel"]}}
     self.frozen = {"policy": params["policy"], "value": params["value"],
-                   "ref": params["policy"], "reward": params["value"]}
+                   "ref": params["policy"], "reward": reward}
 
   def sample(self, shapes=None) -> _Step:
     del shapes  # the first of the three: its inputs are the prompts
@@ -221,7 +224,8 @@ class _PPOSteps:
                  params, params)
 
   def score(self, sample_shapes) -> _Step:
-    scorer = ppo.build_scorer(self.config.ppo, self.policy, self.scalar, reward_bias=0.0)
+    scorer = ppo.build_scorer(self.config.ppo, self.policy, self.value_model,
+                              self.reward_model, reward_bias=0.0)
     args = (self.frozen, _laid_out(sample_shapes, self.mesh), self.prompt_mask,
             self.example_index, self.state.kl_coef)
     return _Step(jax.jit(scorer), args, {}, self.frozen, self.frozen)
@@ -235,7 +239,7 @@ class _PPOSteps:
     # pretraining forward/backward.
     ptx = (_token_batch(ppo_cfg.ptx_batch_size, self.config.data.buckets[-1], self.mesh)
            if ppo_cfg.ptx_coef > 0 else None)
-    fn = ppo.build_update(ppo_cfg, self.policy, self.scalar,
+    fn = ppo.build_update(ppo_cfg, self.policy, self.value_model,
                           prompt_len=self.config.data.max_prompt_len,
                           ptx_coef=ppo_cfg.ptx_coef, state_shardings=self.shardings)
     return _Step(fn, (self.state, minibatch, ptx), {}, self.state.params, self.state)

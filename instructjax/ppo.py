@@ -3,8 +3,10 @@
   python -m instructjax.ppo --config=experiments/instructgpt_tiny.py --workdir=runs/demo
   python -m instructjax.ppo --stage=ppo_ptx --workdir=runs/demo   # + pretraining gradients
 
-The policy starts from WORKDIR/sft, the value model from WORKDIR/rm (a separate trunk);
-the frozen SFT policy is the KL reference and the frozen RM the reward. Each iteration
+The policy starts from WORKDIR/sft, the value model from WORKDIR/rm (a separate trunk,
+whose head bias starts at -reward_bias, so its first values are the normalised reward
+the rollouts are scored with); the frozen SFT policy is the KL reference and the frozen
+RM the reward. Each iteration
 is two named steps: `collect` samples a rollout and scores it, then `update` takes
 `epochs` x (rollout_batch_size / minibatch_size) PPO steps on it. Writes
 WORKDIR/<stage>/{metrics.jsonl, tensorboard/, checkpoints/, export/} and resumes from
@@ -61,14 +63,20 @@ def make_optimizer(ppo: ml_collections.ConfigDict) -> optax.GradientTransformati
                      optax.GradientTransformation(lambda _: optax.EmptyState(), scale_value))
 
 
-def make_init_state(ppo: ml_collections.ConfigDict, policy, scalar):
+def make_models(cfg) -> tuple[CausalLM, ScalarModel, ScalarModel]:
+  """-> (policy, value model, reward model). The value model is the RM with a head bias,
+  so it can start where the normalised reward is (see `begin` in `_program`)."""
+  return CausalLM(cfg), ScalarModel(cfg, head_bias=True), ScalarModel(cfg)
+
+
+def make_init_state(ppo: ml_collections.ConfigDict, policy, value_model):
   """rng -> a PPOState with freshly initialised (boxed) policy and value params."""
   tx = make_optimizer(ppo)
   example = jnp.zeros((1, 8), jnp.int32)
 
   def init_state(rng):
     params = {"policy": policy.init(rng, example)["params"],
-              "value": scalar.init(rng, example)["params"]}
+              "value": value_model.init(rng, example)["params"]}
     return PPOState.create(
         apply_fn=None, params=params, tx=tx, rng=rng, skipped_updates=jnp.zeros((), jnp.int32),
         ema_policy=params["policy"] if ppo.ema_decay > 0 else {},
@@ -83,20 +91,21 @@ def build_sampler(ppo: ml_collections.ConfigDict, policy, *, eos_id: int, pad_id
   return functools.partial(sampling.generate, policy, config=config)
 
 
-def build_scorer(ppo: ml_collections.ConfigDict, policy, scalar, *, reward_bias: float):
+def build_scorer(ppo: ml_collections.ConfigDict, policy, value_model, reward_model, *,
+                 reward_bias: float):
   """(params {'policy', 'value', 'ref', 'reward'}, SampleOutput, prompt_mask, example_index,
   kl_coef) -> Rollout: steps 2-6 of the rollout, one jit."""
   return functools.partial(
-      score_rollout, policy=policy, value_model=scalar, reward_model=scalar,
+      score_rollout, policy=policy, value_model=value_model, reward_model=reward_model,
       temperature=ppo.temperature, reward_bias=reward_bias, gamma=ppo.gamma,
       lam=ppo.gae_lambda, whiten_rewards=ppo.whiten_rewards, no_eos_penalty=ppo.no_eos_penalty)
 
 
-def build_update(ppo: ml_collections.ConfigDict, policy, scalar, *, prompt_len: int,
+def build_update(ppo: ml_collections.ConfigDict, policy, value_model, *, prompt_len: int,
                  ptx_coef: float, state_shardings):
   """The jitted PPO(-ptx) step: (state, minibatch Rollout, ptx TokenBatch | None)."""
   return jit_step(functools.partial(
-      ppo_step, policy=policy, value_model=scalar, prompt_len=prompt_len,
+      ppo_step, policy=policy, value_model=value_model, prompt_len=prompt_len,
       temperature=ppo.temperature, clip_eps=ppo.clip_eps, value_clip=ppo.value_clip,
       vf_coef=ppo.vf_coef, ptx_coef=ptx_coef, ema_decay=ppo.ema_decay), state_shardings)
 
@@ -201,11 +210,13 @@ def _iterators(config, data, *, ptx: bool) -> dict[str, batching.BatchIterator]:
   prompt_rows = data.read("ppo_prompts", skip_bad_rows=config.data.skip_bad_rows)
   iterators = {"prompts": batching.BatchIterator(
       prompt_rows, batching.PromptBatcher(tok, buckets=(config.data.max_prompt_len,)),
-      batch_size=ppo.rollout_batch_size, seed=config.seed)}
+      batch_size=ppo.rollout_batch_size, seed=config.seed,
+      prefetch=config.data.prefetch)}
   if ptx:
     iterators["ptx"] = batching.BatchIterator(
         data.read("pretrain"), batching.PretrainBatcher(tok, buckets=tuple(config.data.buckets)),
-        batch_size=ppo.ptx_batch_size, seed=config.seed + 1)
+        batch_size=ppo.ptx_batch_size, seed=config.seed + 1,
+        prefetch=config.data.prefetch)
   return iterators
 
 
@@ -217,24 +228,25 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
   mesh = sharding.make_mesh(**config.mesh)
   for field in ("rollout_batch_size", "minibatch_size", "ptx_batch_size"):
     sharding.check_batch_divides(ppo[field], mesh, field=f"config.ppo.{field}")
-  policy, scalar = CausalLM(cfg), ScalarModel(cfg)
+  policy, value_model, reward_model = make_models(cfg)
   tok, prompt_len = data.tokenizer, config.data.max_prompt_len
   ref_params, _ = stage_export.load_export(
       os.path.join(run_dir, "sft"), sharding.abstract_params(policy, mesh),
       expected_stages=("sft",))
   reward_params, rm_card = stage_export.load_export(
-      os.path.join(run_dir, "rm"), sharding.abstract_params(scalar, mesh),
+      os.path.join(run_dir, "rm"), sharding.abstract_params(reward_model, mesh),
       expected_stages=("rm",))
   experience = Experience(
       sample=build_sampler(ppo, policy, eos_id=tokenize.eos_id(tok), pad_id=tokenize.pad_id(tok)),
-      score=build_scorer(ppo, policy, scalar, reward_bias=rm_card.reward_bias),
+      score=build_scorer(ppo, policy, value_model, reward_model,
+                         reward_bias=rm_card.reward_bias),
       ref_params=ref_params, reward_params=reward_params,
       gold=(_gold_scorer(data.testbed, tok, prompt_len=prompt_len)
             if data.testbed is not None else None))
   iterators = _iterators(config, data, ptx=ptx_coef > 0)
 
   def build_advance(shardings):
-    step = build_update(ppo, policy, scalar, prompt_len=prompt_len, ptx_coef=ptx_coef,
+    step = build_update(ppo, policy, value_model, prompt_len=prompt_len, ptx_coef=ptx_coef,
                         state_shardings=shardings)
 
     def advance(state, iteration):
@@ -251,9 +263,13 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
                      "time_update_s": time.time() - t1, "time_iteration_s": time.time() - t0}
     return advance
 
-  def begin(state):  # policy and EMA <- SFT, value model <- RM
+  def begin(state):  # policy and EMA <- SFT, value model <- RM - reward_bias
     copy = functools.partial(jax.tree.map, lambda x: x.copy())
-    state = state.replace(params={"policy": copy(ref_params), "value": copy(reward_params)})
+    value = copy(reward_params)
+    bias = state.params["value"]["scalar_head"]["bias"]  # [1]
+    value["scalar_head"]["bias"] = jax.device_put(
+        np.full(bias.shape, -rm_card.reward_bias, bias.dtype), bias.sharding)
+    state = state.replace(params={"policy": copy(ref_params), "value": value})
     return state.replace(ema_policy=copy(ref_params)) if ppo.ema_decay > 0 else state
 
   def exports(state, final_eval):
@@ -271,7 +287,7 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
                       checkpoint_every=ppo.checkpoint_every,
                       keep_checkpoints=ppo.keep_checkpoints,
                       max_consecutive_skips=ppo.max_consecutive_skips),
-      mesh=mesh, init_state=make_init_state(ppo, policy, scalar), seed=config.seed,
+      mesh=mesh, init_state=make_init_state(ppo, policy, value_model), seed=config.seed,
       build_advance=build_advance, iterators=iterators, begin=begin, exports=exports,
       unit="iteration", metric_prefix="", progress_keys=("rm_score", "kl_to_ref"),
       log=config.log)

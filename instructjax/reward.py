@@ -2,11 +2,14 @@
 
   python -m instructjax.reward --config=experiments/instructgpt_tiny.py --workdir=runs/demo
 
-Starts from WORKDIR/sft's export. After training it measures the mean reward of the
-demonstrations and stores it as `reward_bias` in the export card: the normalised reward
-r(x, y) - reward_bias scores the demonstrations 0 on average, as in the paper. Ranking
-accuracy on held-out comparisons is reported separately for the labelers who produced
-training data and for the held-out labelers.
+Starts from WORKDIR/sft's export. After training it normalises the reward on the
+demonstrations, as lm-human-preferences does: the exported head is divided by the
+demonstrations' reward std (`reward_std` in the export card) and their mean, in those
+units, is `reward_bias`, so the normalised reward r(x, y) - reward_bias has mean 0 and
+std 1 on the demonstrations. Then beta, the value clip and the no-EOS penalty mean the
+same whatever scale the ranking loss left the RM at. Ranking accuracy on held-out
+comparisons is reported separately for the labelers who produced training data and for
+the held-out labelers.
 """
 
 from __future__ import annotations
@@ -69,13 +72,24 @@ def ranking_accuracy(apply_fn, params, rows, batcher, *, mesh, held_out_ids=froz
   return out
 
 
-def demonstration_reward_mean(apply_fn, params, rows, batcher, *, mesh) -> float:
+def demonstration_rewards(apply_fn, params, rows, batcher, *, mesh) -> np.ndarray:
+  """The RM's reward of every demonstration (prompt + response + EOS). -> [N]"""
   values = []
   for batch in batching.iterate_once(rows, batcher, batch_size=16):
     r = np.asarray(sequence_rewards(params, sharding.shard_batch(batch, mesh),
                                      apply_fn=apply_fn))
     values.extend(r[np.asarray(batch.token_mask).sum(-1) > 0])
-  return float(np.mean(values))
+  return np.asarray(values, np.float64)
+
+
+def normalised_head(params, rewards: np.ndarray):
+  """-> (params with the scalar head divided by the rewards' std, the rewards' mean in
+  the new units, the std). An RM that scores every demonstration alike is left unscaled,
+  as there is no spread to normalise."""
+  std = float(np.std(rewards))
+  scale = 1.0 / std if std > 1e-6 else 1.0
+  head = jax.tree.map(lambda a: a * scale, params["scalar_head"])
+  return {**params, "scalar_head": head}, float(np.mean(rewards)) * scale, std
 
 
 def start_from_sft(state, sft_params):
@@ -154,7 +168,7 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
                                          max_prompt_len=config.data.max_prompt_len,
                                          k_max=k_max)
   batches = batching.BatchIterator(rows, batcher, batch_size=train.batch_size,
-                                   seed=config.seed)
+                                   seed=config.seed, prefetch=config.data.prefetch)
   held_out = frozenset(
       l.id for l in data.testbed.labelers if l.held_out) if data.testbed else frozenset()
 
@@ -168,12 +182,13 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
   def exports(state, final_eval):
     sft_batcher = batching.SftBatcher(data.tokenizer, buckets=buckets,
                                       max_prompt_len=config.data.max_prompt_len)
-    bias = demonstration_reward_mean(model.apply, state.params, data.read("sft"),
-                                     sft_batcher, mesh=mesh)
-    print(f"[{stage}] reward_bias={bias:.4f}", flush=True)
-    return [Export(params=state.params, card=stage_export.ExportCard(
+    params, bias, std = normalised_head(state.params, demonstration_rewards(
+        model.apply, state.params, data.read("sft"), sft_batcher, mesh=mesh))
+    print(f"[{stage}] demonstrations' raw reward std {std:.4f}; normalised, "
+          f"reward_bias={bias:.4f}", flush=True)
+    return [Export(params=params, card=stage_export.ExportCard(
         stage=stage, model=cfg.__dict__, steps=int(state.step), reward_bias=bias,
-        final_eval=final_eval, bad_rows=data.bad_rows))]
+        reward_std=std, final_eval=final_eval, bad_rows=data.bad_rows))]
 
   return StageProgram(
       name=stage, workdir=os.path.join(run_dir, stage), cadence=cadence(train),

@@ -57,6 +57,13 @@ def score_rollout(params, sample: sampling.SampleOutput, prompt_mask, example_in
                   gamma: float, lam: float, whiten_rewards: bool, no_eos_penalty: float):
   """Steps 2-6 of the rollout on responses that `sampling.generate` sampled (step 1).
   params: {'policy', 'value', 'ref', 'reward'}; prompt_mask: [B, P]."""
+  if sample.softmax_temperature != temperature:
+    raise ValueError(
+        "the rollout's log-probs and PPO's ratio are those of the full softmax at "
+        f"temperature={temperature}, but the responses were drawn "
+        + ("with top_k / top_p / greedy filtering" if sample.softmax_temperature is None
+           else f"at temperature={sample.softmax_temperature}")
+        + ": sample with top_k=0, top_p=1.0, greedy=False at the same temperature")
   prompt_len = prompt_mask.shape[1]
   tokens = sample.tokens  # [B, S]
   response_mask = sample.response_mask  # [B, N]

@@ -71,6 +71,9 @@ class SampleOutput:
   logprobs: jax.Array  # [B, N] float32: log-prob under the sampling distribution; 0 masked
   finished: jax.Array  # [B] bool: the sequence emitted EOS
   num_steps: jax.Array  # [] int32: decode steps run (< N if all finished early)
+  # The temperature of the full softmax the tokens were drawn from; None when top_k,
+  # top_p or greedy changed that distribution. RL recomputes log-probs from it.
+  softmax_temperature: float | None = flax.struct.field(pytree_node=False, default=None)
 
 
 def left_pad(tokens, mask):
@@ -191,7 +194,9 @@ def _decode(model, params, cache, logits, prompt_tokens, prompt_mask, rng, *, co
       tokens=jnp.concatenate([prompt_tokens, end.tokens], axis=-1),
       token_mask=jnp.concatenate([prompt_mask, end.mask], axis=-1),
       response_tokens=end.tokens, response_mask=end.mask, logprobs=end.logprobs,
-      finished=end.done, num_steps=end.step)
+      finished=end.done, num_steps=end.step,
+      softmax_temperature=(config.temperature if not config.greedy and config.top_k == 0
+                           and config.top_p == 1.0 else None))
   return output, end.cache
 
 

@@ -65,7 +65,7 @@ def _program(config, run_dir: str, stage: stage_table.Stage) -> StageProgram:
     rows = data.read("pretrain", skip_bad_rows=config.data.skip_bad_rows)
     batcher = batching.PretrainBatcher(data.tokenizer, buckets=buckets)
   batches = batching.BatchIterator(rows, batcher, batch_size=train.batch_size,
-                                   seed=config.seed)
+                                   seed=config.seed, prefetch=config.data.prefetch)
 
   def begin(state):  # SFT starts from the pretrained LM
     (parent,) = stage.parents

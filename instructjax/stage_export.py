@@ -33,8 +33,10 @@ class ExportCard:
   final_eval: dict[str, float] = dataclasses.field(default_factory=dict)
   bad_rows: dict[str, int] = dataclasses.field(default_factory=dict)  # skipped, per split
   truncation: dict[str, int] = dataclasses.field(default_factory=dict)  # cut sequences
-  # RM: mean raw reward of the demonstrations, subtracted before RL; PPO: the one it used.
+  # RM: the demonstrations' mean reward (of the exported, rescaled head), subtracted
+  # before RL; PPO: the one it used.
   reward_bias: float | None = None
+  reward_std: float | None = None  # RM: the std of the raw reward the head was divided by
   ptx_coef: float | None = None  # PPO: gamma (0 for plain PPO)
   ema_decay: float | None = None  # PPO: decay of the policy EMA (0 = off)
   ema: bool = False  # these params are the EMA of the policy, not the policy

@@ -19,6 +19,10 @@ PROGRAMS = ("instructjax.sft", "instructjax.reward", "instructjax.ppo", "instruc
 
 
 def test_importing_a_program_defines_no_flags():
+  # The libraries the programs import define absl flags of their own; only ours count.
+  for library in ("absl.app", "absl.logging", "orbax.checkpoint", "grain",
+                  "tensorflow_datasets"):
+    importlib.import_module(library)
   before = set(flags.FLAGS)
   for name in PROGRAMS:
     importlib.import_module(name)
@@ -39,9 +43,11 @@ def test_stage_table_is_a_graph_in_run_order():
 
 
 def test_every_contestant_is_a_stage_found_by_name():
-  for c in contestants.CONTESTANTS:
+  for c in contestants.CONTESTANTS + contestants.EMA_CONTESTANTS:
     assert contestants.contestant(c.name) is c
     assert stage_table.stage(c.stage).name == c.stage
+  assert all(stage_table.stage(c.stage).program == "instructjax.ppo"
+             for c in contestants.EMA_CONTESTANTS)  # only PPO keeps an EMA
   assert {contestants.BASELINE, contestants.CHAMPION, *contestants.RIVALS} <= {
       c.name for c in contestants.CONTESTANTS}
   with pytest.raises(ValueError, match="unknown contestant 'gpt4'"):

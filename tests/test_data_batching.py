@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -217,10 +219,10 @@ def _sft_records(n):
   return [SftRecord(_words(*range(i % 5 + 1)), _words(*range(1, i % 7 + 2))) for i in range(n)]
 
 
-def _sft_iterator(tok, records, **host):
+def _sft_iterator(tok, records, *, prefetch=2, **host):
   host = host or {"process_index": 0, "process_count": 1}
   return BatchIterator(records, SftBatcher(tok, buckets=(4, 8, 16), max_prompt_len=3),
-                       batch_size=4, seed=11, **host)
+                       batch_size=4, seed=11, prefetch=prefetch, **host)
 
 
 def _assert_batches_equal(a, b):
@@ -228,15 +230,21 @@ def _assert_batches_equal(a, b):
     np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
-def test_resume_is_exact(tok):
+@pytest.mark.parametrize("prefetch", [0, 1, 5])
+def test_resume_is_exact(tok, prefetch):
   records = _sft_records(7)
-  uninterrupted = _sft_iterator(tok, records)
+  uninterrupted = _sft_iterator(tok, records, prefetch=0)
   expected = [next(uninterrupted) for _ in range(8)]
-  first = _sft_iterator(tok, records)
+  first = _sft_iterator(tok, records, prefetch=prefetch)
   for _ in range(3):
     next(first)
+  time.sleep(0.2)  # let the worker run ahead: what it made early must not count
   state = json.loads(json.dumps(first.get_state()))  # as a checkpoint would store it
-  resumed = _sft_iterator(tok, records)
+  want = _sft_iterator(tok, records, prefetch=0)
+  for _ in range(3):
+    next(want)
+  assert state == want.get_state()
+  resumed = _sft_iterator(tok, records, prefetch=prefetch)
   resumed.set_state(state)
   for want in expected[3:]:
     _assert_batches_equal(next(resumed), want)
@@ -249,6 +257,39 @@ def test_resume_is_exact(tok):
     other_seed.set_state(state)
   with pytest.raises(ValueError, match=r"lacks \['step'\]"):
     resumed.set_state({k: v for k, v in state.items() if k != "step"})
+
+
+class _RecordingBatcher(PromptBatcher):
+  """Notes the thread of each call (in a list its copies share); fails on row `bad`."""
+
+  def __init__(self, tok, *, bad):
+    super().__init__(tok, buckets=(2,))
+    self.bad, self.threads = bad, []
+
+  def __call__(self, rows, indices, local):
+    self.threads.append(threading.current_thread().name)
+    if self.bad in indices:
+      raise DataError(f"row {self.bad}: malformed")
+    return super().__call__(rows, indices, local)
+
+
+def test_prefetch_tokenizes_off_the_caller_thread_and_fails_in_order(tok):
+  records = [PromptRecord(_words(i % NUM_WORDS)) for i in range(6)]
+  # the third batch of two rows (still in the first epoch of six) holds the bad row
+  bad = int(BatchIterator(records, PromptBatcher(tok, buckets=(2,)), batch_size=2, seed=0,
+                          process_count=1, process_index=0).global_indices(2)[0])
+  batcher = _RecordingBatcher(tok, bad=bad)
+  iterator = BatchIterator(records, batcher, batch_size=2, seed=0, prefetch=3,
+                           process_count=1, process_index=0)
+  next(iterator)
+  next(iterator)  # the failing batch is already made ahead, but not raised early
+  with pytest.raises(DataError, match=f"row {bad}: malformed"):
+    next(iterator)
+  assert threading.current_thread().name not in batcher.threads
+  inline = _RecordingBatcher(tok, bad=-2)
+  next(BatchIterator(records, inline, batch_size=2, seed=0, prefetch=0, process_count=1,
+                     process_index=0))
+  assert inline.threads == [threading.current_thread().name]
 
 
 def test_hosts_split_each_global_batch(tok):

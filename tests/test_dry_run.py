@@ -63,12 +63,12 @@ def test_every_step_lowers(name, variant):
   assert list(reports) == ["sft_step", "reward_step", "sample", "score", "ppo_step"]
   assert not any(r.compiled for r in reports.values())
   sft, rm, sample, score, ppo = reports.values()
-  # The PPO state trains a policy (the SFT model) and a value model (the RM); the
-  # sampler reads the policy; the scorer reads both and their frozen copies (reference,
-  # reward).
-  assert ppo.params == sft.params + rm.params
+  # The PPO state trains a policy (the SFT model) and a value model (the RM with a head
+  # bias); the sampler reads the policy; the scorer reads both and their frozen copies
+  # (reference, reward: the RM has no bias).
+  assert ppo.params == sft.params + rm.params + 1
   assert sample.params == sft.params
-  assert score.params == 2 * ppo.params
+  assert score.params == 2 * ppo.params - 1
   if "gpu" in variant and all(size == 1 for size in config.mesh.values()):
     # One device holds it all: float32 params and Adam's two moments.
     for report in (sft, rm):

@@ -114,7 +114,8 @@ def _init_state(config, stage: str):
   """The stage's state factory, as its program builds it: rng -> boxed state."""
   if stage in ppo.STAGES:
     cfg = model_config(config.model, field="config.model")
-    return ppo.make_init_state(config.ppo, CausalLM(cfg), ScalarModel(cfg))
+    policy, value_model, _ = ppo.make_models(cfg)
+    return ppo.make_init_state(config.ppo, policy, value_model)
   return make_init_state(_model(config, stage), config[stage], config.data.buckets[0])
 
 

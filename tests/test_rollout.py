@@ -161,3 +161,21 @@ def test_rewards_are_the_score_at_the_last_token_only(setup):
   real = advantages[mask]
   whitened = (advantages - real.mean()) / np.sqrt(real.var() + 1e-8)
   np.testing.assert_allclose(r.advantages, np.where(mask, whitened, 0.0), **TOL)
+
+
+@pytest.mark.parametrize("drawn", [dict(top_k=3), dict(top_p=0.5), dict(greedy=True),
+                                   dict(temperature=1.0)])
+def test_samples_from_another_distribution_are_refused(setup, drawn):
+  """PPO's ratio and KL use the full softmax at the rollout temperature; a sample drawn
+  from a filtered or differently tempered distribution would be scored as if it were not."""
+  policy, scalar, params = setup["policy"], setup["scalar"], setup["params"]
+  prompt_mask = jnp.asarray(setup["prompt_mask"])
+  config = sampling.SamplingConfig(max_new_tokens=N, pad_id=PAD_ID,
+                                   **{"temperature": TEMPERATURE, **drawn})
+  sample = sampling.generate(policy, params["policy"], jnp.ones((B, P), jnp.int32),
+                             prompt_mask, jax.random.PRNGKey(1), config=config)
+  with pytest.raises(ValueError, match="full softmax at temperature=0.7"):
+    score_rollout(params, sample, prompt_mask, np.arange(B, dtype=np.int32),
+                  jnp.float32(KL_COEF), policy=policy, value_model=scalar,
+                  reward_model=scalar, temperature=TEMPERATURE, reward_bias=REWARD_BIAS,
+                  gamma=GAMMA, lam=LAM, whiten_rewards=False, no_eos_penalty=NO_EOS_PENALTY)

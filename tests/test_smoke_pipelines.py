@@ -116,7 +116,9 @@ def _run_and_kill_in(command, env, ckpt_dir: pathlib.Path, log: pathlib.Path) ->
 
 def _check_results(workdir: pathlib.Path) -> dict:
   results = json.loads((workdir / "eval" / "results.json").read_text())
-  assert set(results["models"]) == {"vanilla", "vanilla_big", "sft", "ppo", "ppo_ptx"}
+  # config.ppo.ema_decay > 0: the EMA policies are contestants too
+  assert set(results["models"]) == {"vanilla", "vanilla_big", "sft", "ppo", "ppo_ptx",
+                                    "ppo_ema", "ppo_ptx_ema"}
   for name, model in results["models"].items():
     for judge in ("rm", "rm_judge"):
       stats = model["win_rate_vs_sft"][judge]

@@ -14,15 +14,25 @@ Padding. The padded length is the smallest of a few `buckets` (e.g. (32, 64, 128
 fits the longest sequence of the global batch, so a jitted step compiles at most
 len(buckets) times. The largest bucket is the length limit that truncation enforces.
 
-Resuming. `BatchIterator.get_state()` is a small JSON-serialisable dict; a new iterator
-given it via `set_state` yields exactly the batches the old one would have yielded next.
+Prefetch. `BatchIterator` makes its batches in a grain pipeline (`grain.MapDataset` over
+the batch index, read by one worker thread `prefetch` batches ahead), so tokenizing and
+padding overlap the train step instead of running between steps. One thread, not many:
+a HF fast tokenizer is not safe to call from several threads at once. Host sharding stays
+here rather than in grain because every host must see the whole global batch to agree on
+its padded length.
+
+Resuming. `BatchIterator.get_state()` is a small JSON-serialisable dict, counting only the
+batches handed out (never the prefetched ones); a new iterator given it via `set_state`
+yields exactly the batches the old one would have yielded next.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 
@@ -231,6 +241,9 @@ def _host_slice(batch_size: int, process_index: int | None,
   return slice(index * per_host, (index + 1) * per_host)
 
 
+_ENDLESS = 2**62  # batch indices of an endless stream (grain datasets are sized)
+
+
 class BatchIterator:
   """Endless shuffled batches (wrapping across epochs) of this host's rows; resumable.
 
@@ -239,19 +252,25 @@ class BatchIterator:
     batcher: turns rows into a batch (SftBatcher, RankingBatcher, ...).
     batch_size: GLOBAL batch size B; each host yields B / process_count rows.
     seed: seeds the per-epoch permutations.
+    prefetch: batches made ahead on grain's worker thread; 0 makes each batch on the
+      caller's thread when it is asked for.
   """
 
   def __init__(self, records: Sequence[Any], batcher: Any, *, batch_size: int, seed: int,
-               process_index: int | None = None, process_count: int | None = None):
+               prefetch: int = 2, process_index: int | None = None,
+               process_count: int | None = None):
     if len(records) == 0:
       raise DataError("empty dataset: no records to batch")
     if not isinstance(seed, int) or seed < 0:
       raise ValueError(f"seed={seed!r} must be a non-negative int")
+    if not isinstance(prefetch, int) or prefetch < 0:
+      raise ValueError(f"prefetch={prefetch!r} must be a non-negative int")
     self.records, self.batcher = records, batcher
-    self.batch_size, self.seed = batch_size, seed
+    self.batch_size, self.seed, self.prefetch = batch_size, seed, prefetch
     self.local = _host_slice(batch_size, process_index, process_count)
-    self.step = 0  # global batches yielded so far
+    self.step = 0  # global batches handed out so far
     self._permutations: dict[int, np.ndarray] = {}
+    self._stream: Iterator[tuple[Any, tokenize.TruncationStats]] | None = None
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch not in self._permutations:
@@ -271,12 +290,28 @@ class BatchIterator:
       indices[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
     return indices
 
+  def _make(self, step: int) -> tuple[Any, tokenize.TruncationStats]:
+    """Global batch `step` (this host's rows) and the truncations it caused. A shallow copy
+    of the batcher counts them, so a prefetched batch is counted when it is handed out."""
+    indices = self.global_indices(step)  # [B]
+    batcher = copy.copy(self.batcher)
+    batcher.stats = tokenize.TruncationStats()
+    batch = batcher([self.records[int(i)] for i in indices], indices, self.local)
+    return batch, batcher.stats
+
+  def _open(self) -> Iterator[tuple[Any, tokenize.TruncationStats]]:
+    steps = grain.MapDataset.range(self.step, _ENDLESS).map(self._make)
+    return iter(steps.to_iter_dataset(grain.ReadOptions(
+        num_threads=min(self.prefetch, 1), prefetch_buffer_size=self.prefetch)))
+
   def __iter__(self) -> BatchIterator:
     return self
 
   def __next__(self):
-    indices = self.global_indices(self.step)  # [B]
-    batch = self.batcher([self.records[int(i)] for i in indices], indices, self.local)
+    if self._stream is None:
+      self._stream = self._open()
+    batch, stats = next(self._stream)
+    self.batcher.stats = self.batcher.stats.plus(stats)
     self.step += 1
     return batch
 
@@ -295,6 +330,7 @@ class BatchIterator:
                          f"{name}={value}; it was saved for other data or settings")
     self.step = int(state["step"])
     self.batcher.stats = tokenize.TruncationStats(**state["stats"])
+    self._stream = None  # batches made ahead from the old position are dropped
 
 
 def iterate_once(records: Sequence[Any], batcher: Any, *, batch_size: int,

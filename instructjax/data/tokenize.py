@@ -33,6 +33,9 @@ class TruncationStats:
   def as_dict(self) -> dict[str, int]:
     return dataclasses.asdict(self)
 
+  def plus(self, other: TruncationStats) -> TruncationStats:
+    return TruncationStats(**{k: v + getattr(other, k) for k, v in self.as_dict().items()})
+
 
 def check_tokenizer_matches(tokenizer: Any, vocab_size: int) -> None:
   """Raises ValueError if the tokenizer can emit ids the model cannot embed, or has no EOS."""

@@ -13,6 +13,7 @@ class Contestant:
   label: str
   stage: str  # whose export holds its params (its architecture: the stage table's)
   few_shot: bool = False
+  ema: bool = False  # the stage's EMA policy (WORKDIR/<stage>/ema), not its last params
 
 
 CONTESTANTS = (
@@ -26,6 +27,11 @@ CONTESTANTS = (
     Contestant(name="ppo", label="PPO", stage="ppo"),
     Contestant(name="ppo_ptx", label="PPO-ptx", stage="ppo_ptx"),
 )
+# Evaluated where the run keeps an EMA of the policy (config.ppo.ema_decay > 0).
+EMA_CONTESTANTS = (
+    Contestant(name="ppo_ema", label="PPO (EMA)", stage="ppo", ema=True),
+    Contestant(name="ppo_ptx_ema", label="PPO-ptx (EMA)", stage="ppo_ptx", ema=True),
+)
 BASELINE = "sft"  # every contestant's win rate is against this one's answers
 CHAMPION = "ppo_ptx"  # the aligned model of the head-to-head comparisons
 RIVALS = ("vanilla_big", "vanilla_big_fewshot")  # what CHAMPION meets head to head
@@ -34,8 +40,14 @@ LABELER_GROUPS = ("train_labelers", "heldout_labelers")
 LABELER_TITLES = {"train_labelers": "training labelers", "heldout_labelers": "held-out labelers"}
 
 
+def contestants_for(config) -> tuple[Contestant, ...]:
+  """The run's contestants: the EMA policies join when the PPO stages kept one."""
+  return CONTESTANTS + (EMA_CONTESTANTS if config.ppo.ema_decay > 0 else ())
+
+
 def contestant(name: str) -> Contestant:
-  for c in CONTESTANTS:
+  known = CONTESTANTS + EMA_CONTESTANTS
+  for c in known:
     if c.name == name:
       return c
-  raise ValueError(f"unknown contestant {name!r}; known: {[c.name for c in CONTESTANTS]}")
+  raise ValueError(f"unknown contestant {name!r}; known: {[c.name for c in known]}")

@@ -21,8 +21,8 @@ import numpy as np
 from instructjax import hf_import, losses, sampling, sharding, stage_export, stage_table
 from instructjax.data import batching, records, sources, testbed, tokenize
 from instructjax.evaluation import measures
-from instructjax.evaluation.contestants import (BASELINE, CHAMPION, CONTESTANTS, LABELER_GROUPS,
-                                               RIVALS, Contestant, contestant)
+from instructjax.evaluation.contestants import (BASELINE, CHAMPION, LABELER_GROUPS, RIVALS,
+                                               Contestant, contestant, contestants_for)
 from instructjax.models import CausalLM
 
 N_SAMPLES = 4  # prompts whose answers the report shows for every model
@@ -74,21 +74,23 @@ def kl_to_reference(policy, params, reference, ref_params, prompts: Sequence[str
 
 
 class Models:
-  """Each stage's exported policy, loaded once, with its architecture."""
+  """Each stage's exported policy (or its EMA), loaded once, with its architecture."""
 
   def __init__(self, config, run_dir: str, mesh):
     self._config, self._run_dir, self._mesh = config, run_dir, mesh
-    self._loaded: dict[str, tuple[Any, Any]] = {}
+    self._loaded: dict[tuple[str, bool], tuple[Any, Any]] = {}
 
-  def __call__(self, stage: str):
-    if stage not in self._loaded:
+  def __call__(self, stage: str, *, ema: bool = False):
+    if (stage, ema) not in self._loaded:
       section = stage_table.stage(stage).model_section
       model = CausalLM(hf_import.resolve_model(self._config, self._run_dir, section))
-      params, _ = stage_export.load_export(
-          os.path.join(self._run_dir, stage), sharding.abstract_params(model, self._mesh),
-          expected_stages=(stage,))
-      self._loaded[stage] = (model, params)
-    return self._loaded[stage]
+      where = os.path.join(self._run_dir, stage, "ema" if ema else "")
+      params, card = stage_export.load_export(
+          where, sharding.abstract_params(model, self._mesh), expected_stages=(stage,))
+      if card.ema != ema:
+        raise ValueError(f"{where}: export card says ema={card.ema}, expected {ema}")
+      self._loaded[stage, ema] = (model, params)
+    return self._loaded[stage, ema]
 
 
 def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
@@ -110,18 +112,18 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   rng = jax.random.PRNGKey(config.seed + 7)
   heldout_docs = data.read("pretrain_heldout")
   answers, results = {}, {}
-  for c in CONTESTANTS:
-    answers[c.name], results[c.name] = _answer(config, data, c, models(c.stage), examples,
-                                               heldout_docs, mesh=mesh, rng=rng)
+  for c in contestants_for(config):
+    answers[c.name], results[c.name] = _answer(config, data, c, models(c.stage, ema=c.ema),
+                                               examples, heldout_docs, mesh=mesh, rng=rng)
   baseline_model, baseline_params = models(contestant(BASELINE).stage)
-  for c in CONTESTANTS:
+  for c in contestants_for(config):
     results[c.name]["win_rate_vs_sft"] = {
         group: win_rate(examples, answers[c.name], answers[BASELINE], labelers)
         for group, labelers in judges.items()}
     if c.few_shot:
       results[c.name]["kl_to_sft"] = None  # its prompts differ from SFT's
       continue
-    model, params = models(c.stage)
+    model, params = models(c.stage, ema=c.ema)
     results[c.name]["kl_to_sft"] = kl_to_reference(
         model, params, baseline_model, baseline_params, [e.prompt for e in examples],
         data.tokenizer, prompt_len=config.data.max_prompt_len,

@@ -27,7 +27,7 @@ import numpy as np
 from instructjax import hf_import, reward, sharding, stage_export
 from instructjax.data import batching, records, sources
 from instructjax.evaluation import final_eval, measures
-from instructjax.evaluation.contestants import BASELINE, CONTESTANTS, contestant
+from instructjax.evaluation.contestants import BASELINE, contestant, contestants_for
 from instructjax.models import ScalarModel
 
 JUDGES = ("rm", "rm_judge")  # how results name the judges (also their stages)
@@ -79,8 +79,8 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   heldout_docs = data.read("pretrain_heldout")
   greedy = measures.greedy_config(tok, max_new_tokens=config.eval.max_new_tokens)
   answers, results = {}, {}
-  for c in (c for c in CONTESTANTS if not c.few_shot):
-    model, params = models(c.stage)
+  for c in (c for c in contestants_for(config) if not c.few_shot):
+    model, params = models(c.stage, ema=c.ema)
     answers[c.name] = measures.sample_responses(
         model, params, prompts, tok, sampling_config=greedy, batch_size=32,
         buckets=(config.data.max_prompt_len,), mesh=mesh, rng=rng)
@@ -100,7 +100,8 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
           scores[name], scores[BASELINE])
       result.setdefault("mean_reward", {})[judge] = float(scores[name].mean())
   for name, result in results.items():
-    model, params = models(contestant(name).stage)
+    c = contestant(name)
+    model, params = models(c.stage, ema=c.ema)
     result["kl_to_sft"] = final_eval.kl_to_reference(
         model, params, sft_model, sft_params, prompts, tok,
         prompt_len=config.data.max_prompt_len, max_new_tokens=config.eval.max_new_tokens,

@@ -46,16 +46,30 @@ def sample_responses(model, params, prompts: Sequence[str], tokenizer, *,
                      sampling_config: sampling.SamplingConfig, batch_size: int,
                      buckets: Sequence[int], mesh, rng: jax.Array) -> list[str]:
   """Decoded responses (up to EOS) to each prompt, batched and left-padded."""
+  texts, _ = sample_responses_and_ends(
+      model, params, prompts, tokenizer, sampling_config=sampling_config,
+      batch_size=batch_size, buckets=buckets, mesh=mesh, rng=rng)
+  return texts
+
+
+def sample_responses_and_ends(model, params, prompts: Sequence[str], tokenizer, *,
+                              sampling_config: sampling.SamplingConfig, batch_size: int,
+                              buckets: Sequence[int], mesh,
+                              rng: jax.Array) -> tuple[list[str], list[bool]]:
+  """-> (decoded responses as `sample_responses` gives them, whether each ended with EOS
+  rather than at max_new_tokens)."""
   batcher = batching.PromptBatcher(tokenizer, buckets=buckets)
   rows = [records.PromptRecord(p) for p in prompts]
-  out: list[str] = []
+  texts: list[str] = []
+  ends: list[bool] = []
   for i, batch in enumerate(batching.iterate_once(rows, batcher, batch_size=batch_size)):
     batch = sharding.shard_batch(fill_padding_rows(batch), mesh)
     result = sampling.generate(model, params, batch.prompt_tokens, batch.prompt_mask,
                                jax.random.fold_in(rng, i), config=sampling_config)
-    out.extend(decode_responses(tokenizer, result.response_tokens, result.response_mask,
-                                eos_id=sampling_config.eos_id))
-  return out[:len(prompts)]
+    texts.extend(decode_responses(tokenizer, result.response_tokens, result.response_mask,
+                                  eos_id=sampling_config.eos_id))
+    ends.extend(bool(f) for f in np.asarray(result.finished))
+  return texts[:len(prompts)], ends[:len(prompts)]
 
 
 def decode_responses(tokenizer, response_tokens, response_mask, *, eos_id) -> list[str]:

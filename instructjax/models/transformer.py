@@ -99,18 +99,21 @@ class ScalarModel(nn.Module):
   every position.
   """
   config: ModelConfig
+  # The RM's head has no bias: the ranking loss cannot see one (it cancels in r_w - r_l),
+  # so its gradient is pure rounding noise that Adam would amplify; its offset is set
+  # after training (reward normalisation). A value model needs one, to start at the
+  # normalised reward.
+  head_bias: bool = False
 
   @nn.compact
   def __call__(self, tokens, *, positions=None, token_mask=None, deterministic=True):
     cfg = self.config
     hidden = Trunk(cfg, name="transformer")(
         tokens, positions=positions, token_mask=token_mask, deterministic=deterministic)
-    # No bias: the ranking loss cannot see one (it cancels in r_w - r_l), so its gradient
-    # is pure rounding noise that Adam would amplify. The RM's offset is set after
-    # training instead (reward normalisation).
     value = nn.Dense(
-        1, use_bias=False, dtype=jnp.float32, param_dtype=cfg.weight_dtype,
+        1, use_bias=self.head_bias, dtype=jnp.float32, param_dtype=cfg.weight_dtype,
         kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "scalar")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("scalar",)),
         name="scalar_head")(hidden.astype(jnp.float32))
     return value[..., 0]  # [B, T]
 

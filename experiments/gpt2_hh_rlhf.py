@@ -68,7 +68,8 @@ def _model(hf_name, *, remat):
       dropout_rate=0.2,  # paper: residual dropout 0.2 in SFT (applies in SFT and RM training)
       dtype="bfloat16",  # compute
       param_dtype="float32",  # weights and optimizer state
-      remat=remat))  # recompute each block in the backward pass to save memory
+      remat=remat,  # recompute each block in the backward pass to save memory
+      attention="einsum"))  # "cudnn": cuDNN flash attention on NVIDIA GPUs
 
 
 def _train(*, steps, batch_size, lr, warmup_steps=0, weight_decay=0.0, accum_steps=1,
@@ -125,6 +126,7 @@ def get_config(variant: str = ""):
       # lets the demonstrations / the test comparisons stand in (the report says so).
       pretrain_jsonl="",
       heldout_jsonl="",
+      sft_manual_dir="",  # (TL;DR only) demonstrations from the filtered TL;DR files
       # HF tokenizer (hub id or directory): the policy checkpoint's, also when
       # --config.hf_name.model overrides it.
       tokenizer=config.hf_name.get_ref("model"),

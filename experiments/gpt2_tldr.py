@@ -11,12 +11,16 @@ Check the config first (seconds; no weights, no data; see instructjax/dry_run.py
 
 0. Data: copy the comparisons from https://openaipublic.blob.core.windows.net/
    summarize-from-feedback/dataset/comparisons/ (batch*.json) into tldr/comparisons/
-   (config.data.manual_dir is tldr). The first stage builds them with the TFDS builder
-   and derives the split files into WORKDIR/data: the train split's posts divided into
-   disjoint SFT / RM / PPO prompts, demonstrations being the preferred summaries, and
-   valid2 for the RM's test comparisons and the evaluation prompts (splits.json records
-   it); set config.data.pretrain_jsonl and heldout_jsonl to {"text": ...} files for
-   PPO-ptx and the held-out LM loss.
+   (config.data.manual_dir is tldr), and the filtered TL;DR demonstrations
+   (datasets/tldr_3_filtered/{train,valid,test}.jsonl) into tldr_sft/
+   (config.data.sft_manual_dir). The first stage builds both with their TFDS builders
+   and derives the split files into WORKDIR/data: SFT on the demonstrations whose post
+   no comparison has, the comparisons' train posts divided into disjoint RM / PPO
+   prompts, and valid2 for the RM's test comparisons and the evaluation prompts
+   (splits.json records it); set config.data.pretrain_jsonl and heldout_jsonl to
+   {"text": ...} files for PPO-ptx and the held-out LM loss. With sft_manual_dir="" and
+   split_fractions=(13, 33, 31), the preferred summaries of an SFT share of the
+   comparisons' posts are the demonstrations instead.
 1. The vanilla LMs: stage 0 imports the Hugging Face checkpoints config.hf_name.model
    and .big_model (hub ids or local directories; architecture from config.json, weights
    from safetensors, tokenizer from the same place; see instructjax/hf_import.py):
@@ -41,7 +45,8 @@ noted in the comments; lengths follow Stiennon et al.
 
 "smoke" runs the same code path on a CPU in minutes (instructjax/configs/smoke.py):
   python -m instructjax.pipeline --config=experiments/gpt2_tldr.py:smoke --workdir=W \
-      --config.hf_name.model=CKPT_DIR --config.data.manual_dir=TLDR_DIR
+      --config.hf_name.model=CKPT_DIR --config.data.manual_dir=TLDR_DIR \
+      --config.data.sft_manual_dir=TLDR_SFT_DIR
 Any supported family's checkpoint works with any of these configs: the architecture
 comes from the checkpoint.
 """
@@ -64,7 +69,8 @@ def _model(*, d_model, n_layers, n_heads, remat):
       dropout_rate=0.2,  # paper: residual dropout 0.2 in SFT (applies in SFT and RM training)
       dtype="bfloat16",  # compute
       param_dtype="float32",  # weights and optimizer state
-      remat=remat))  # recompute each block in the backward pass to save memory
+      remat=remat,  # recompute each block in the backward pass to save memory
+      attention="einsum"))  # "cudnn": cuDNN flash attention on NVIDIA GPUs
 
 
 def _train(*, steps, batch_size, lr, warmup_steps=0, weight_decay=0.0, accum_steps=1,
@@ -109,15 +115,17 @@ def get_config(variant: str = ""):
       subsets=(),  # (HH-RLHF only)
       manual_dir="tldr",  # the published layout: comparisons/batch*.json
       dir="",  # where the derived split files go; "" = WORKDIR/data
-      # SFT : RM : PPO shares of the train split's prompts (paper: 13k : 33k : 31k);
-      # disjoint by prompt. The comparisons' valid2 split gives the RM's test
-      # comparisons and the evaluation prompts.
-      split_fractions=(13, 33, 31),
+      # SFT : RM : PPO shares of the train split's prompts, disjoint by prompt; SFT's is
+      # 0 as its demonstrations come from sft_manual_dir (Stiennon et al.). The
+      # comparisons' valid2 split gives the RM's test comparisons and the eval prompts.
+      split_fractions=(0, 33, 31),
       split_seed=0,  # the seed of the prompt assignment (its own, so model seeds vary alone)
       # {"text": ...} lines for PPO-ptx and the held-out LM loss (e.g. OpenWebText); ""
       # lets the demonstrations / the test comparisons stand in (the report says so).
       pretrain_jsonl="",
       heldout_jsonl="",
+      # The filtered TL;DR demonstrations (train.jsonl, ...): SFT's data, as in the paper.
+      sft_manual_dir="tldr_sft",
       # HF tokenizer (hub id or directory): the policy checkpoint's, also when
       # --config.hf_name.model overrides it.
       tokenizer=config.hf_name.get_ref("model"),

@@ -118,6 +118,7 @@ def _model(hf_name, *, remat):
       dtype="bfloat16",  # compute
       param_dtype="float32",  # weights and optimizer state
       remat=remat,  # recompute each block in the backward pass to save memory
+      attention="einsum",  # "cudnn": cuDNN flash attention on NVIDIA GPUs
   ) | _CHECKPOINTS[hf_name])
 
 
@@ -176,6 +177,7 @@ def get_config(variant: str = ""):
       # lets the demonstrations / the test comparisons stand in (the report says so).
       pretrain_jsonl="",
       heldout_jsonl="",
+      sft_manual_dir="",  # (TL;DR only) demonstrations from the filtered TL;DR files
       # HF tokenizer (hub id or directory): the policy checkpoint's, also when
       # --config.hf_name.model overrides it.
       tokenizer=config.hf_name.get_ref("model"),

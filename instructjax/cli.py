@@ -16,6 +16,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
+from instructjax import compile_time
 from instructjax.config import DEFAULT_CONFIG, check_workdir, load_config, validate
 
 
@@ -108,6 +109,7 @@ def main(run: Callable[..., Any], *, stages: Sequence[str] = (),
     config = config_flag.value
     validate(config)
     workdir = check_workdir(workdir_flag.value)
+    compile_time.use_persistent_cache(workdir)  # a rerun or resume skips compiling
     if stage_flag is None:
       run(config, workdir)
     else:

@@ -4,9 +4,9 @@ With `config.hf_name.model` (and `config.hf_name.big_model`) set, the vanilla LM
 (`pretrain`, `pretrain_big`) do not train: they import that checkpoint. Its architecture
 comes from its config.json, its weights from safetensors, and its tokenizer from the same
 place (`AutoTokenizer`). The config's model section then only sets what a checkpoint does
-not fix: compute and parameter dtype, remat and dropout. Every later stage takes its
-architecture from the import's export card (`resolve_model`), so a stale size in the
-config cannot disagree with the weights.
+not fix: compute and parameter dtype, remat, dropout and the attention implementation.
+Every later stage takes its architecture from the import's export card (`resolve_model`),
+so a stale size in the config cannot disagree with the weights.
 
 Before any weight is converted, the tokenizer and the run's lengths are checked against
 the architecture: ids the embedding cannot hold, a missing EOS, a pad id out of range,
@@ -29,7 +29,7 @@ from instructjax.models import ModelConfig, from_hf
 from instructjax.models.hf_interop import resolve_checkpoint
 
 TOKENIZER_DIR = "tokenizer"  # WORKDIR/tokenizer: the imported checkpoint's tokenizer
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "dropout_rate")
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "dropout_rate", "attention")
 
 
 def hf_source(config: ml_collections.ConfigDict, section: str) -> str:

@@ -16,6 +16,7 @@ interruption resumes the stage that was running and reuses the finished ones.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -23,7 +24,8 @@ import time
 
 import ml_collections
 
-from instructjax import cli, dry_run, hf_import, sharding, stage_export, stage_table
+from instructjax import (cli, compile_time, dry_run, hf_import, sharding, stage_export,
+                         stage_table)
 from instructjax.atomic_write import write_json
 from instructjax.data import sources
 from instructjax.evaluation import claims, final_eval, judged_eval, judged_report, report
@@ -31,18 +33,27 @@ from instructjax.evaluation.contestants import LABELER_GROUPS
 
 
 class StageTimes:
-  """Wall time of each stage, kept in WORKDIR/stage_times.json across reruns."""
+  """Wall time of each stage and the part of it spent compiling, kept in
+  WORKDIR/stage_times.json ({"wall_s": {stage: s}, "compile_s": {stage: s}}) and summed
+  across reruns."""
 
   def __init__(self, run_dir: str):
     self.path = os.path.join(run_dir, "stage_times.json")
-    self.times = {}
+    self.times, self.compile = {}, {}
     if os.path.exists(self.path):
       with open(self.path, encoding="utf-8") as f:
-        self.times = json.load(f)
+        saved = json.load(f)
+      self.times, self.compile = saved["wall_s"], saved["compile_s"]
 
-  def add(self, stage: str, seconds: float) -> None:
-    self.times[stage] = self.times.get(stage, 0.0) + seconds
-    write_json(self.path, self.times)
+  @contextlib.contextmanager
+  def timing(self, stage: str):
+    """Adds the block's wall and compile seconds to the stage's."""
+    wall, compiling = time.time(), compile_time.seconds()
+    yield
+    for totals, spent in ((self.times, time.time() - wall),
+                          (self.compile, compile_time.seconds() - compiling)):
+      totals[stage] = totals.get(stage, 0.0) + spent
+    write_json(self.path, {"wall_s": self.times, "compile_s": self.compile})
 
 
 def _run_program(config: ml_collections.ConfigDict, run_dir: str, stage: stage_table.Stage):
@@ -92,18 +103,16 @@ def run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   gold = stage_table.has_gold(config)
   # A batch the devices cannot split stops the run here, not after hours of earlier stages.
   dry_run.check_batches(config, sharding.make_mesh(**config.mesh))
-  start = time.time()
-  sources.load_data(config, run_dir)  # the testbed or the split files, made once
-  times.add("testbed" if gold else "data", time.time() - start)
+  with times.timing("testbed" if gold else "data"):
+    sources.load_data(config, run_dir)  # the testbed or the split files, made once
   stages = stage_table.stages_for(config)
   for i, stage in enumerate(stages):
     print(f"=== stage {i + 1}/{len(stages)}: {stage.name} ===", flush=True)
     if stage_export.is_exported(os.path.join(run_dir, stage.name)):
       print(f"[{stage.name}] finished earlier, reused", flush=True)
       continue
-    start = time.time()
-    _run_program(config, run_dir, stage)
-    times.add(stage.name, time.time() - start)
+    with times.timing(stage.name):
+      _run_program(config, run_dir, stage)
 
   results_path = os.path.join(run_dir, "eval", "results.json")
   if os.path.exists(results_path):
@@ -111,11 +120,10 @@ def run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
       results = json.load(f)
   else:
     print("=== evaluation ===", flush=True)
-    start = time.time()
-    results = evaluate(config, run_dir) if gold else evaluate_judged(config, run_dir)
-    times.add("eval", time.time() - start)
+    with times.timing("eval"):
+      results = evaluate(config, run_dir) if gold else evaluate_judged(config, run_dir)
     write_json(results_path, results, default=_json_default)
-  results["stage_times_s"] = times.times
+  results["stage_times_s"], results["compile_times_s"] = times.times, times.compile
   if not gold:
     paths = judged_report.write_judged_report(results, run_dir)
     print(f"report: {paths['report.md']}", flush=True)

@@ -64,7 +64,7 @@ def hh_manual(tmp_path):
 def _data(manual_dir, **overrides):
   data = dict(source="tfds", dir="", tokenizer="", dataset="hh_rlhf", subsets=SUBSETS,
               manual_dir=str(manual_dir), split_fractions=(1, 2, 1), split_seed=0,
-              pretrain_jsonl="", heldout_jsonl="", skip_bad_rows=False)
+              pretrain_jsonl="", heldout_jsonl="", sft_manual_dir="", skip_bad_rows=False)
   data.update(overrides)
   return ml_collections.ConfigDict(data)
 
@@ -127,7 +127,7 @@ def test_splits_disjoint_by_prompt_with_exact_counts(tmp_path, hh_manual):
   assert card["config"] == {
       "dataset": "hh_rlhf", "subsets": ["helpful-base", "harmless-base"],
       "split_fractions": [1, 2, 1], "split_seed": 0, "pretrain_jsonl": "",
-      "heldout_jsonl": "", "skip_bad_rows": False}
+      "heldout_jsonl": "", "sft_manual_dir": "", "skip_bad_rows": False}
   assert card["bad_rows"]["hh_rlhf/helpful-base/1.0.0"] == {"train": 0, "test": 0}
   # Empty replies build: the empty chosen replies of q0-q4 (harmless-base) are rankings and
   # demonstrations wherever their prompt went, and t0's empty rejected reply is evaluated.
@@ -325,6 +325,50 @@ def test_tldr_dataset_uses_valid2_for_evaluation(tmp_path):
   assert [(r.responses, r.ranking) for r in splits["rm_eval"]] == [(("", " long."), (1, 0))]
   assert card["bad_rows"] == {"tldr_comparisons/1.0.0": {"train": 0, "valid2": 0},
                               "pretrain_jsonl": 0, "heldout_jsonl": 0}
+
+
+def test_tldr_demonstrations_from_the_sft_dir_leave_out_the_comparisons_posts(tmp_path):
+  manual = tmp_path / "tldr"
+  train = [_comparison(f"post {i % 6}", "train", choice=i % 2) for i in range(9)]
+  _write(manual / "comparisons" / "batch3.json",
+         train + [_comparison("post v1", "valid1"), _comparison("post v2", "valid2")])
+  sft_dir = tmp_path / "tldr_sft"
+  demos = [{"id": f"d{i}", "subreddit": "tifu", "title": "T", "post": post,
+            "summary": f" s{i}"} for i, post in enumerate(["mine 0", "post 3", "mine 1",
+                                                           "post v2", "mine 2"])]
+  _write(sft_dir / "train.jsonl", demos)
+  directory = tmp_path / "data"
+  card = prompt_splits.prepare_splits(
+      _data(manual, dataset="tldr", subsets=(), split_fractions=(0, 1, 1),
+            sft_manual_dir=str(sft_dir)), str(directory))
+  splits = _read_all(directory)
+  prompt = "SUBREDDIT: r/tifu\nTITLE: T\nPOST: {}\nTL;DR:".format
+  # "post 3" is an RM / PPO prompt and "post v2" an evaluation prompt: both left out.
+  # (in the builder's order, not the file's)
+  assert sorted(splits["sft"], key=lambda r: r.prompt) == [
+      SftRecord(prompt(f"mine {i}"), f" s{2 * i}") for i in range(3)]
+  assert card["demonstrations_left_out"] == 2
+  assert card["prompts"] == {"sft": 3, "rm_train": 3, "ppo_prompts": 3, "eval_prompts": 1}
+  assert card["bad_rows"]["sft_manual_dir"] == {"train": 0}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(split_fractions=(1, 1, 1)), "config.data.split_fractions=(1, 1, 1): "
+     "config.data.sft_manual_dir gives the demonstrations, so no comparison prompt goes to "
+     "'sft'; set its fraction to 0, e.g. (0, 1, 1)"),
+    (dict(dataset="hh_rlhf", subsets=SUBSETS), "holds TL;DR demonstrations, but "
+     "config.data.dataset='hh_rlhf'"),
+    (dict(sft_manual_dir="/no/such/dir"), "config.data.sft_manual_dir='/no/such/dir' lacks "
+     "train.jsonl. Copy train.jsonl"),
+])
+def test_bad_sft_dir_settings_are_refused(tmp_path, overrides, message):
+  sft_dir = tmp_path / "tldr_sft"
+  _write(sft_dir / "train.jsonl", [])
+  data = _data(tmp_path / "tldr", dataset="tldr", subsets=(), split_fractions=(0, 1, 1),
+               sft_manual_dir=str(sft_dir))
+  data.update(overrides)
+  with pytest.raises(DataError, match=re.escape(message)):
+    prompt_splits.prepare_splits(data, str(tmp_path / "data"))
 
 
 def _tokenizer(directory):

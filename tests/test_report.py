@@ -38,6 +38,7 @@ _NOT_REPRODUCED = "win_rate_ordering"
 _STAGE_TIMES = {"testbed": 1.5, "pretrain": 120.0, "pretrain_big": 300.0, "sft": 30.0,
                 "rm": 20.0, "ppo": 90.0, "ppo_ptx": 110.0, "eval": 45.5}
 _TOTAL_TIME = 717.0  # hand sum of _STAGE_TIMES
+_COMPILE_TIMES = {"pretrain": 10.0, "ppo_ptx": 25.25}  # "eval" was not measured
 _PLOTS = ("plots/ppo_curves.png", "plots/win_rate_vs_sft.png", "plots/rm_accuracy.png",
           "plots/pretrain_loss.png", "plots/gold_score.png")
 
@@ -74,6 +75,7 @@ def _fake_results() -> dict:
       "config": {"seed": 0, "ppo": {"kl_coef": 0.02, "ptx_coef": 27.8},
                  "model": {"d_model": 64, "n_layers": 2}},
       "stage_times_s": dict(_STAGE_TIMES),
+      "compile_times_s": dict(_COMPILE_TIMES),
       "models": models,
       "head_to_head": {"vanilla_big": {"train_labelers": _stats(0.81),
                                        "heldout_labelers": _stats(0.79)},
@@ -151,6 +153,7 @@ def test_claims_json_matches_input(written):
     assert set(claim) == {"id", "paper", "criterion", "measured", "reproduced"}
   assert claims["total_time_s"] == pytest.approx(_TOTAL_TIME)
   assert claims["stage_times_s"] == _STAGE_TIMES
+  assert claims["compile_times_s"] == _COMPILE_TIMES
   assert claims["config"]["ppo"]["ptx_coef"] == 27.8
 
 
@@ -202,8 +205,9 @@ def test_tables_show_measurements(written):
           "0.64 (0.57–0.71; n=200) |") in text
   assert "alignment_flops = 6.5e+13; pretrain_flops = 2e+15" in text
   assert "| training labelers | 0.710 |" in text
-  assert "| ppo_ptx | 5.00e+13 | 1 min 50 s |" in text
-  assert "| total | 1.81e+16 | 11 min 57 s |" in text  # hand sums of flops and times
+  assert "| ppo_ptx | 5.00e+13 | 1 min 50 s | 25.2 s |" in text
+  assert "| eval | n/a | 45.5 s | n/a |" in text
+  assert "| total | 1.81e+16 | 11 min 57 s | 35.2 s |" in text  # hand sums
   assert "3.25%" in text  # (1e13 + 5e12 + 5e13) / 2e15
 
 

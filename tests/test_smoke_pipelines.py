@@ -77,10 +77,21 @@ def _tldr_manual_dir(root: pathlib.Path) -> list[str]:
   return texts
 
 
-def _command(config: str, workdir, ckpt, manual_dir) -> list[str]:
+def _tldr_sft_dir(root: pathlib.Path, posts: int = 40) -> list[str]:
+  """train.jsonl of the filtered TL;DR demonstrations in the published schema (posts of
+  their own); -> their text."""
+  rng = np.random.default_rng(2)
+  rows = [{"id": f"s{i}", "subreddit": "test", "title": _words(rng, 3),
+           "post": _words(rng, 12), "summary": " " + _words(rng, 4)} for i in range(posts)]
+  root.mkdir(parents=True)
+  (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return [f"{r['title']} {r['post']} {r['summary']}" for r in rows]
+
+
+def _command(config: str, workdir, ckpt, manual_dir, *more) -> list[str]:
   return [sys.executable, "-m", "instructjax.pipeline", f"--config={config}",
           f"--workdir={workdir}", f"--config.hf_name.model={ckpt}",
-          f"--config.data.manual_dir={manual_dir}"]
+          f"--config.data.manual_dir={manual_dir}", *more]
 
 
 def _env(cache_dir: pathlib.Path) -> dict[str, str]:
@@ -160,14 +171,17 @@ def test_gpt2_on_hh_rlhf_killed_and_resumed(tmp_path):
 
 
 def test_llama_on_tldr(tmp_path):
-  corpus = _tldr_manual_dir(tmp_path / "tldr")
+  corpus = _tldr_manual_dir(tmp_path / "tldr") + _tldr_sft_dir(tmp_path / "tldr_sft")
   ckpt = write_checkpoint(tmp_path / "llama", ModelConfig(
       arch="llama", vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
       max_len=128, tie_embeddings=False), corpus)
   workdir = tmp_path / "run"
-  _run(_command("experiments/gpt2_tldr.py:smoke", workdir, ckpt, tmp_path / "tldr"),
+  _run(_command("experiments/gpt2_tldr.py:smoke", workdir, ckpt, tmp_path / "tldr",
+                f"--config.data.sft_manual_dir={tmp_path / 'tldr_sft'}"),
        _env(tmp_path / "xla_cache"))
   _check_results(workdir)
+  splits = json.loads((workdir / "data" / "splits.json").read_text())
+  assert splits["counts"]["sft"] == 40  # every demonstration: none shares a post
   for stage in STAGES:
     card = json.loads((workdir / stage / "export" / "export.json").read_text())
     assert card["model"]["family"] == "llama" and card["model"]["n_kv_heads"] == 2, stage

@@ -85,7 +85,8 @@ def get_config(variant: str = ""):
       head_dim=0, d_ff=0, max_len=96, norm_eps=1e-5, rope_theta=10000.0,
       tie_embeddings=True,
       dropout_rate=0.0,  # paper: residual dropout 0.2 in SFT; tiny models underfit with it
-      dtype="float32", param_dtype="float32", remat=False))
+      dtype="float32", param_dtype="float32", remat=False,
+      attention="einsum"))  # or "xla" / "cudnn": jax.nn.dot_product_attention
   # A vanilla LM ~6x larger, for the "aligned small beats large vanilla" claim.
   config.big_model = config.model.copy_and_resolve_references()
   config.big_model.update(d_model=128, n_layers=4)

@@ -6,6 +6,9 @@ writes the split files that the 'jsonl' source reads (`sources.SPLITS`):
   * the builder's train split -> sft (each comparison's best response), rm_train (the
     comparisons) and ppo_prompts (each prompt once), its distinct prompts divided by
     `config.data.split_fractions` (the paper's 13k : 33k : 31k SFT : RM : PPO prompts);
+  * or, for TL;DR with `config.data.sft_manual_dir` set, sft <- the filtered TL;DR
+    demonstrations (post -> reference summary, as Stiennon et al. fine-tune on), less any
+    whose post another set holds; the sft fraction is then 0;
   * its test split -> rm_eval (the comparisons) and eval_prompts (each prompt once),
     leaving out comparisons whose prompt the train split also holds;
   * pretrain / pretrain_heldout <- the {"text": ...} lines of `config.data.pretrain_jsonl`
@@ -38,7 +41,8 @@ import numpy as np
 
 from instructjax.atomic_write import write_json
 from instructjax.data import hh_rlhf, records, tfds_builders
-from instructjax.data.records import DataError, PromptRecord, RankingRecord, TextRecord
+from instructjax.data.records import (DataError, PromptRecord, RankingRecord, SftRecord,
+                                      TextRecord)
 
 TRAIN_SETS = ("sft", "rm_train", "ppo_prompts")  # in the order of split_fractions
 PAPER_FRACTIONS = (13, 33, 31)  # InstructGPT's SFT : RM : PPO training prompts (thousands)
@@ -53,6 +57,7 @@ _FIELDS = {  # config.data field -> what it holds, for the error when it is abse
     "split_seed": "the seed of the prompt assignment",
     "pretrain_jsonl": "a JSONL file of {\"text\": ...} lines for pretrain, or \"\"",
     "heldout_jsonl": "a JSONL file of {\"text\": ...} lines for pretrain_heldout, or \"\"",
+    "sft_manual_dir": "(tldr) the filtered TL;DR SFT files for the demonstrations, or \"\"",
     "skip_bad_rows": "True to skip and count malformed rows instead of failing",
 }
 
@@ -66,6 +71,7 @@ class SplitConfig:
   split_seed: int
   pretrain_jsonl: str
   heldout_jsonl: str
+  sft_manual_dir: str
   skip_bad_rows: bool
 
   def as_card(self) -> dict[str, Any]:
@@ -88,15 +94,19 @@ def _check_subsets(dataset: str, subsets: Any) -> tuple[str, ...]:
   return tuple(s for s in hh_rlhf.SUBSETS if s in subsets)
 
 
-def _check_fractions(value: Any) -> tuple[float, ...]:
+def _check_fractions(value: Any, *, sft_given: bool) -> tuple[float, ...]:
   shares = tuple(value) if isinstance(value, (tuple, list)) else (value,)
   if (len(shares) != len(TRAIN_SETS)
       or any(isinstance(f, bool) or not isinstance(f, (int, float)) or f < 0 for f in shares)
       or sum(shares) <= 0):
     raise DataError(f"config.data.split_fractions={shares} must be {len(TRAIN_SETS)} "
                     f"non-negative numbers for {TRAIN_SETS}, e.g. (13, 33, 31)")
+  if sft_given and shares[0] != 0:
+    raise DataError(f"config.data.split_fractions={shares}: config.data.sft_manual_dir gives "
+                    "the demonstrations, so no comparison prompt goes to 'sft'; set its "
+                    f"fraction to 0, e.g. (0, {shares[1]}, {shares[2]})")
   for name, share in zip(TRAIN_SETS, shares):
-    if share == 0:
+    if share == 0 and not (sft_given and name == "sft"):
       raise DataError(f"config.data.split_fractions={shares}: the fraction 0 for "
                       f"{name!r} leaves that set empty; give it a positive share")
   return shares
@@ -111,6 +121,18 @@ def _check_text_file(field: str, path: Any) -> str:
   return path
 
 
+def _check_sft_dir(dataset: str, path: Any) -> str:
+  """A given TL;DR SFT dir must hold train.jsonl; "" (or None) means none."""
+  path = path or ""
+  if path and dataset != "tldr":
+    raise DataError(f"config.data.sft_manual_dir={path!r} holds TL;DR demonstrations, but "
+                    f"config.data.dataset={dataset!r}; set it to \"\"")
+  if path and not os.path.isfile(os.path.join(path, "train.jsonl")):
+    raise DataError(f"config.data.sft_manual_dir={path!r} lacks train.jsonl. "
+                    + tfds_builders.TldrSft.MANUAL_DOWNLOAD_INSTRUCTIONS)
+  return path
+
+
 def split_config(data: ml_collections.ConfigDict) -> SplitConfig:
   """The validated split fields of `config.data`; DataError names a bad or absent field."""
   absent = [name for name in _FIELDS if name not in data]
@@ -121,18 +143,21 @@ def split_config(data: ml_collections.ConfigDict) -> SplitConfig:
   seed = data.split_seed
   if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
     raise DataError(f"config.data.split_seed={seed!r} must be a non-negative int")
+  sft_manual_dir = _check_sft_dir(data.dataset, data.sft_manual_dir)
   return SplitConfig(
       dataset=data.dataset,
       subsets=_check_subsets(data.dataset, data.subsets),
-      split_fractions=_check_fractions(data.split_fractions), split_seed=seed,
+      split_fractions=_check_fractions(data.split_fractions, sft_given=bool(sft_manual_dir)),
+      split_seed=seed,
       pretrain_jsonl=_check_text_file("pretrain_jsonl", data.pretrain_jsonl),
       heldout_jsonl=_check_text_file("heldout_jsonl", data.heldout_jsonl),
-      skip_bad_rows=bool(data.skip_bad_rows))
+      sft_manual_dir=sft_manual_dir, skip_bad_rows=bool(data.skip_bad_rows))
 
 
 def set_sizes(num_prompts: int, shares: Sequence[float]) -> dict[str, int]:
   """Prompts per train set: shares normalised, rounded by largest remainder (ties to the
-  earlier set), so they sum to num_prompts. A set left empty is an error."""
+  earlier set), so they sum to num_prompts. A set left empty is an error, unless its
+  share is 0 (sft, when its demonstrations come from elsewhere)."""
   # Exact rationals: float error must not decide which set gets a leftover prompt.
   total = sum(fractions.Fraction(s) for s in shares)
   exact = [num_prompts * fractions.Fraction(s) / total for s in shares]
@@ -141,7 +166,7 @@ def set_sizes(num_prompts: int, shares: Sequence[float]) -> dict[str, int]:
   for i in by_remainder[:num_prompts - sum(sizes)]:
     sizes[i] += 1
   for name, share, size in zip(TRAIN_SETS, shares, sizes):
-    if size == 0:
+    if size == 0 and share > 0:
       raise DataError(
           f"config.data.split_fractions={tuple(shares)}: the fraction {share} for {name!r} "
           f"leaves that set empty with {num_prompts} distinct prompts in the train split; "
@@ -172,17 +197,21 @@ def assign_prompts(prompts: Iterable[str], *, shares: Sequence[float],
 
 @dataclasses.dataclass
 class DerivedSplits:
-  """The prompt-derived split files' records, distinct prompts per set, and the test
-  comparisons left out because the train split holds their prompt."""
+  """The prompt-derived split files' records, distinct prompts per set, the test
+  comparisons left out because the train split holds their prompt, and the given
+  demonstrations left out because another set holds theirs."""
   records: dict[str, list[Any]]
   prompts: dict[str, int]
   test_left_out: int
+  demonstrations_left_out: int = 0
 
 
 def derive_splits(train: Sequence[RankingRecord], test: Sequence[RankingRecord], *,
-                  shares: Sequence[float], seed: int) -> DerivedSplits:
+                  shares: Sequence[float], seed: int,
+                  demonstrations: Sequence[SftRecord] | None = None) -> DerivedSplits:
   """sft, rm_train, ppo_prompts from `train` and rm_eval, eval_prompts from `test`,
-  disjoint by prompt and deterministic in (the records, shares, seed)."""
+  disjoint by prompt and deterministic in (the records, shares, seed). Given
+  `demonstrations`, sft is those whose prompt no comparison of `train` or `test` has."""
   rng = np.random.default_rng(seed)
   groups = group_by_prompt(train)
   assigned = assign_prompts(groups, shares=shares, rng=rng)
@@ -192,8 +221,14 @@ def derive_splits(train: Sequence[RankingRecord], test: Sequence[RankingRecord],
                     "the train split, so no evaluation prompt would be unseen")
   ordered = sorted(test_groups)
   eval_prompts = [ordered[i] for i in rng.permutation(len(ordered))]  # [num_eval]
+  sft = records.sft_from_rankings(r for p in assigned["sft"] for r in groups[p])
+  left_out = 0
+  if demonstrations is not None:
+    taken = set(groups) | {r.prompt for r in test}
+    sft = [d for d in demonstrations if d.prompt not in taken]
+    left_out = len(demonstrations) - len(sft)
   split_records = {
-      "sft": records.sft_from_rankings(r for p in assigned["sft"] for r in groups[p]),
+      "sft": sft,
       "rm_train": [r for p in assigned["rm_train"] for r in groups[p]],
       "ppo_prompts": [PromptRecord(p) for p in assigned["ppo_prompts"]],
       "rm_eval": [r for p in eval_prompts for r in test_groups[p]],
@@ -202,8 +237,9 @@ def derive_splits(train: Sequence[RankingRecord], test: Sequence[RankingRecord],
   return DerivedSplits(
       records=split_records,
       prompts={**{name: len(assigned[name]) for name in TRAIN_SETS},
-               "eval_prompts": len(eval_prompts)},
-      test_left_out=len(test) - len(split_records["rm_eval"]))
+               "sft": len({r.prompt for r in sft}), "eval_prompts": len(eval_prompts)},
+      test_left_out=len(test) - len(split_records["rm_eval"]),
+      demonstrations_left_out=left_out)
 
 
 def _text_split(path: str, stand_in: list[TextRecord], *,
@@ -254,10 +290,15 @@ def prepare_splits(data: ml_collections.ConfigDict, directory: str) -> dict[str,
   built = tfds_builders.read_manual_dataset(
       spec.dataset, manual_dir=data.manual_dir, data_dir=os.path.join(directory, "tfds"),
       subsets=spec.subsets, skip_bad_rows=spec.skip_bad_rows)
-  derived = derive_splits(built.train, built.test, shares=spec.split_fractions,
-                          seed=spec.split_seed)
-  split_records = dict(derived.records)
+  demonstrations = None
   bad_rows = dict(built.bad_rows)
+  if spec.sft_manual_dir:
+    demonstrations, bad_rows["sft_manual_dir"] = tfds_builders.read_tldr_sft_dir(
+        spec.sft_manual_dir, data_dir=os.path.join(directory, "tfds"),
+        skip_bad_rows=spec.skip_bad_rows)
+  derived = derive_splits(built.train, built.test, shares=spec.split_fractions,
+                          seed=spec.split_seed, demonstrations=demonstrations)
+  split_records = dict(derived.records)
   stand_ins = {}  # split -> the text that stood in for an absent file (None: none did)
   for split, field, path, what, stand_in in (
       ("pretrain", "pretrain_jsonl", spec.pretrain_jsonl,
@@ -276,6 +317,7 @@ def prepare_splits(data: ml_collections.ConfigDict, directory: str) -> dict[str,
   card.update(
       complete=True, counts={s: len(split_records[s]) for s in SPLIT_FILES},
       prompts=derived.prompts, test_comparisons_left_out=derived.test_left_out,
+      demonstrations_left_out=derived.demonstrations_left_out,
       bad_rows=bad_rows, stand_ins=stand_ins)
   write_json(card_path, card)
   return card

@@ -295,6 +295,18 @@ class ManualSplits:
   bad_rows: dict[str, dict[str, int]]
 
 
+def read_tldr_sft_dir(manual_dir: str, *, data_dir: str,
+                      skip_bad_rows: bool = False) -> tuple[list[SftRecord], dict[str, int]]:
+  """The filtered TL;DR demonstrations' train split, prepared (once) by `TldrSft` under
+  data_dir; -> (records, rows skipped per split)."""
+  builder = TldrSft(data_dir=data_dir, skip_bad_rows=skip_bad_rows)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir, try_download_gcs=False))  # never the network
+  bad_rows = builder.info.metadata["bad_rows"]
+  return (read_all(builder.as_data_source()["train"]),
+          {split: int(n) for split, n in bad_rows.items()})
+
+
 def read_manual_dataset(name: str, *, manual_dir: str, data_dir: str,
                         subsets: Sequence[str] = (),
                         skip_bad_rows: bool = False) -> ManualSplits:

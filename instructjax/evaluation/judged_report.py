@@ -15,8 +15,8 @@ from instructjax.atomic_write import write_atomic
 from instructjax.evaluation import plots
 from instructjax.evaluation.judged_eval import JUDGE_TITLES, JUDGES
 from instructjax.evaluation.report import (PLOTS_DIR, Block, Collapsed, Heading, Image,
-                                           Paragraph, Table, number, rate_with_ci, to_html,
-                                           to_markdown)
+                                           Paragraph, Table, number, rate_with_ci, time_rows,
+                                           to_html, to_markdown)
 
 _JUDGE_GROUPS = tuple(zip(JUDGES, (JUDGE_TITLES[j] for j in JUDGES), ("#4C72B0", "#DD8452")))
 MAX_RESPONSE_CHARS = 600
@@ -61,6 +61,10 @@ def report_blocks(results: Mapping[str, Any]) -> list[Block]:
                for m in models.values()]
     blocks += [Heading(3, f"Prompt {i}"), Paragraph(sample["prompt"]),
                Table(("Model", "Response"), answers)]
+  times = results["stage_times_s"]
+  cells = time_rows(times, results["compile_times_s"], list(times))
+  blocks += [Heading(2, "Time"), Table(("Stage", "Wall time", "of which compiling"),
+                                       [(s, *c) for s, c in zip([*times, "total"], cells)])]
   return blocks + [Heading(2, "Config"), Collapsed(
       "Config of this run (click to expand)", json.dumps(results["config"], indent=2))]
 

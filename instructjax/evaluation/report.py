@@ -59,7 +59,8 @@ def _fields(value: Any, names: Sequence[str], where: str) -> None:
 
 def validate_results(results: Mapping[str, Any]) -> None:
   """Raises ReportError naming the first missing or mistyped field of results.json."""
-  _fields(results, ("config", "stage_times_s", "models", "head_to_head", "rm_accuracy",
+  _fields(results, ("config", "stage_times_s", "compile_times_s", "models", "head_to_head",
+                    "rm_accuracy",
                     "flops", "ppo_curves", "claims"), "results")
   if not results["models"]:
     raise ReportError("results['models']: no models to report")
@@ -281,19 +282,27 @@ def _reward_model_blocks(accuracy: Mapping[str, float]) -> list[Block]:
   ]
 
 
+def time_rows(times: Mapping[str, float], compiling: Mapping[str, float],
+              stages: Sequence[str]) -> list[tuple[str, str]]:
+  """(wall time, of which compiling) cells of each stage, then of the total."""
+  cells = [(_seconds(times.get(s)), _seconds(compiling.get(s))) for s in stages]
+  return cells + [(_seconds(sum(times.values())), _seconds(sum(compiling.values())))]
+
+
 def _compute_blocks(results: Mapping[str, Any]) -> list[Block]:
   flops, times = results["flops"], results["stage_times_s"]
   stages = [s for s in _TIMED if s in flops or s in times]
   stages += [s for s in list(flops) + list(times) if s not in stages]
-  rows = [(s, _sci(flops.get(s)), _seconds(times.get(s))) for s in stages]
-  rows.append(("total", _sci(sum(flops.values())), _seconds(sum(times.values()))))
+  cells = time_rows(times, results["compile_times_s"], stages)
+  rows = [(s, _sci(flops.get(s)), *c) for s, c in zip(stages, cells)]
+  rows.append(("total", _sci(sum(flops.values())), *cells[-1]))
   alignment = sum(flops.get(s, 0.0) for s in _ALIGNMENT_STAGES)
   pretrain = flops.get("pretrain", 0.0)
   ratio = (f"{alignment / pretrain:.2%}" if _finite(pretrain) and pretrain > 0
            else "n/a (no pretraining FLOPs)")
   return [
       Heading(2, "Compute"),
-      Table(("Stage", "FLOPs", "Wall time"), rows),
+      Table(("Stage", "FLOPs", "Wall time", "of which compiling"), rows),
       Paragraph(f"Alignment compute ({' + '.join(_ALIGNMENT_STAGES)}) relative to "
                 f"pretraining the small model: {ratio} (paper, 175B: SFT + PPO-ptx vs "
                 f"GPT-3 pretraining = {_PAPER_ALIGNMENT_RATIO:.2%})."),
@@ -483,6 +492,7 @@ def claims_summary(results: Mapping[str, Any]) -> dict[str, Any]:
       "claims": [{f: claim[f] for f in fields} for claim in results["claims"]],
       "config": results["config"],
       "stage_times_s": results["stage_times_s"],
+      "compile_times_s": results["compile_times_s"],
       "total_time_s": sum(results["stage_times_s"].values()),
   })
 

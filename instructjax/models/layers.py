@@ -43,6 +43,19 @@ def make_norm(config: ModelConfig, name: str) -> nn.Module:
       bias_init=_param_init(nn.initializers.zeros, ("norm",)), name=name)
 
 
+def _einsum_attention(q, k, v, allowed, *, dtype):
+  """The reference attention: q [B, T, H, Dh], k and v [B, S, KV, Dh], allowed [B, T, S]
+  -> [B, T, H, Dh], with the scores and softmax in fp32."""
+  batch, t, h, dh = q.shape
+  kvh = k.shape[2]
+  q = q.reshape(batch, t, kvh, h // kvh, dh)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(dh)
+  # A finite minimum keeps fully masked rows (left padding) free of NaNs.
+  scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, t, h, dh)
+
+
 class Attention(nn.Module):
   """Causal (grouped-query, optionally windowed) self-attention; `decode=True` reads and
   writes a KV cache.
@@ -94,13 +107,13 @@ class Attention(nn.Module):
       allowed &= key_slots > query_slots[:, :, None] - cfg.sliding_window
     allowed = allowed & (key_mask[:, None, :] > 0)  # [B, T, S]
 
-    groups = h // kvh
-    q = q.reshape(batch, t, kvh, groups, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(dh)
-    # A finite minimum keeps fully masked rows (left padding) free of NaNs.
-    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, t, h, dh)
+    if cfg.attention == "einsum":
+      out = _einsum_attention(q, k, v, allowed, dtype=cfg.compute_dtype)
+    else:
+      # A fully masked row (left padding) gets uniform weights here, as in the einsum
+      # path; its output is never read.
+      out = jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None],
+                                         implementation=cfg.attention)  # [B, T, H, Dh]
     out = nn.DenseGeneral(
         features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_out_bias, dtype=cfg.compute_dtype,
         param_dtype=cfg.weight_dtype,

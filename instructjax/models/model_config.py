@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from instructjax.models.rope import ROPE_TYPES
 
 ARCHITECTURES = ("gpt2", "llama")
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn")
 # Hugging Face model families (config.json's model_type) -> the architecture they use.
 FAMILIES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
             "qwen3": "llama"}
@@ -66,6 +67,10 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
   remat: bool = False  # rematerialise each block in the backward pass
+  # How attention is computed: "einsum" (the reference: explicit fp32 scores), or
+  # jax.nn.dot_product_attention with implementation "xla" or "cudnn" (flash attention
+  # on NVIDIA GPUs, for the dtypes and head sizes cuDNN supports).
+  attention: str = "einsum"
 
   def __post_init__(self):
     problems = []
@@ -85,6 +90,9 @@ class ModelConfig:
     problems += self._family_problems()
     if not 0.0 <= self.dropout_rate < 1.0:
       problems.append(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      problems.append(
+          f"attention={self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         problems.append(f"{name}={getattr(self, name)!r} is not one of {tuple(_DTYPES)}")

@@ -1,4 +1,5 @@
-"""Supervised losses: next-token NLL (SFT, pretraining, PPO-ptx) and the K-wise RM loss.
+"""Supervised losses: next-token NLL (SFT, pretraining, PPO-ptx), the K-wise RM loss, and
+the offline preference losses on rankings (DPO, IPO, Plackett-Luce DPO).
 
 Every loss returns `(loss, metrics)`. Metrics hold sums and counts separately
 (`loss_sum`, `token_count`, ...) so callers can add them over gradient-accumulation
@@ -161,4 +162,78 @@ def ranking_loss(*, rewards, response_mask):
       "reward_sq_sum": masked_sum(rewards * rewards, real),
       "response_count": masked_count(real),
   }
+  return loss_sum / jnp.maximum(element_count, 1.0), metrics
+
+
+# --- offline preference losses --------------------------------------------------------
+# Each takes the summed response log-probs of K ranked responses per prompt (best first)
+# under the policy and the frozen reference, [B, K], and the response mask [B, K].
+
+
+def _log_ratios(where: str, policy_logps, ref_logps, response_mask):
+  """log pi(y|x) - log pi_ref(y|x) [B, K] in float32; padded responses zeroed, so their
+  garbage (even NaN) reaches neither the loss nor the gradient."""
+  require_shape(where, "policy_logps", policy_logps, (None, None))
+  require_shape(where, "ref_logps", ref_logps, jnp.shape(policy_logps))
+  require_shape(where, "response_mask", response_mask, jnp.shape(policy_logps))
+  real = response_mask != 0
+  return jnp.where(real, policy_logps.astype(jnp.float32) - ref_logps.astype(jnp.float32),
+                   0.0)
+
+
+def dpo_loss(*, policy_logps, ref_logps, response_mask, beta: float):
+  """DPO (Rafailov et al. 2023) over every ranked pair: -log sigmoid(beta * (h_i - h_j))
+  for i < j, h = log pi / pi_ref. It is the RM's ranking loss (`ranking_loss`) with the
+  implicit reward beta * h, averaged the same way; its metrics are that loss's (rewards
+  are beta * h)."""
+  h = _log_ratios("dpo_loss", policy_logps, ref_logps, response_mask)  # [B, K]
+  return ranking_loss(rewards=beta * h, response_mask=response_mask)
+
+
+def ipo_loss(*, policy_logps, ref_logps, response_mask, tau: float):
+  """IPO (Azar et al. 2023) over every ranked pair: (h_i - h_j - 1 / (2 tau))^2 for i < j,
+  h = log pi / pi_ref; a mean over each element's pairs, then over elements with >= 2
+  responses. Metrics: loss_sum, element_count, pair_correct_sum (h_i > h_j), pair_count.
+  """
+  h = _log_ratios("ipo_loss", policy_logps, ref_logps, response_mask)  # [B, K]
+  real = response_mask != 0
+  k = h.shape[1]
+  pair_mask = real[:, :, None] & real[:, None, :] & jnp.triu(jnp.ones((k, k), bool), k=1)
+  diff = h[:, :, None] - h[:, None, :]  # [B, K, K]: h_i - h_j
+  pairs = masked_count(pair_mask, axis=(1, 2))  # [B]
+  counted = pairs > 0  # [B]
+  element_loss = (masked_sum(jnp.square(diff - 0.5 / tau), pair_mask, axis=(1, 2))
+                  / jnp.maximum(pairs, 1.0))  # [B]
+  loss_sum, element_count = masked_sum(element_loss, counted), masked_count(counted)
+  metrics = {"loss_sum": loss_sum, "element_count": element_count,
+             "pair_correct_sum": masked_sum(diff > 0, pair_mask), "pair_count": jnp.sum(pairs)}
+  return loss_sum / jnp.maximum(element_count, 1.0), metrics
+
+
+def plackett_luce_dpo_loss(*, policy_logps, ref_logps, response_mask, beta: float):
+  """DPO under the Plackett-Luce model (Rafailov et al. 2023, appendix A.3): a ranking of
+  K responses is one element, its negative log-likelihood
+
+      -sum_k [r_k - log sum_{j >= k} exp(r_j)],  r = beta * log pi / pi_ref,
+
+  over its real responses (best first). With K = 2 it is DPO's -log sigmoid(r_1 - r_2).
+  The batch loss is the mean over elements with >= 2 responses. Metrics: loss_sum,
+  element_count, top_correct_sum (the best response has the largest r), and the
+  reward_sum / response_count of all real responses.
+  """
+  real = response_mask != 0  # [B, K]
+  r = beta * _log_ratios("plackett_luce_dpo_loss", policy_logps, ref_logps, response_mask)
+  # Padded responses get a large finite negative, not -inf: -inf - -inf in the cumulative
+  # logsumexp's gradient would be NaN.
+  masked = jnp.where(real, r, -1e30)  # [B, K]
+  # log sum_{j >= k} exp(r_j): a reversed cumulative logsumexp.
+  tail = jax.lax.cumlogsumexp(masked, axis=1, reverse=True)  # [B, K]
+  terms = jnp.where(real, r - jnp.where(real, tail, 0.0), 0.0)  # [B, K]
+  counted = masked_count(real, axis=1) >= 2  # [B]
+  element_loss = -jnp.sum(terms, axis=1)  # [B]
+  loss_sum, element_count = masked_sum(element_loss, counted), masked_count(counted)
+  top = jnp.argmax(masked, axis=1) == jnp.argmax(real, axis=1)  # [B]
+  metrics = {"loss_sum": loss_sum, "element_count": element_count,
+             "top_correct_sum": masked_sum(top, counted),
+             "reward_sum": masked_sum(r, real), "response_count": masked_count(real)}
   return loss_sum / jnp.maximum(element_count, 1.0), metrics

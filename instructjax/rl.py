@@ -1,4 +1,5 @@
-"""PPO math for language models, as pure functions (InstructGPT's RL stage).
+"""PPO math for language models, as pure functions (InstructGPT's RL stage), and the
+critic-free advantage estimators (GRPO, RLOO) that can stand in for GAE.
 
 The environment is a bandit: a prompt, a sampled response, one reward-model score at
 the end. Arrays are [B, T] over the rolled-out sequence; `response_mask` [B, T] is
@@ -228,3 +229,35 @@ def explained_variance(*, values, returns, mask,
   var_returns = variance(returns)
   safe = jnp.where(var_returns > 0, var_returns, 1.0)
   return jnp.where(var_returns > 0, 1.0 - variance(returns - values) / safe, 0.0)
+
+
+# --- critic-free advantages: G samples per prompt, no value model ---------------------
+
+
+def _check_groups(where: str, rewards) -> None:
+  require_shape(where, "rewards", rewards, (None, None))
+  group = jnp.shape(rewards)[1]
+  if group < 2:
+    raise ValueError(
+        f"{where}: rewards has shape {tuple(jnp.shape(rewards))}, i.e. G={group} sample per "
+        "prompt; a group baseline needs G >= 2 (with G=1 every advantage would be 0)")
+
+
+def grpo_advantages(rewards, *, eps: float = 1e-6):
+  """GRPO (Shao et al. 2024): each sample's reward normalised within its prompt's group,
+  (r - mean) / (std + eps), std over the G samples (ddof 0). rewards: [P, G] -> [P, G].
+  GRPO puts its KL to the reference in the loss, not in these rewards."""
+  _check_groups("grpo_advantages", rewards)
+  rewards = rewards.astype(jnp.float32)
+  mean = jnp.mean(rewards, axis=1, keepdims=True)  # [P, 1]
+  return (rewards - mean) / (jnp.std(rewards, axis=1, keepdims=True) + eps)
+
+
+def rloo_advantages(rewards):
+  """RLOO (Ahmadian et al. 2024): each sample's reward minus the mean of the other G - 1
+  samples of its prompt, an unbiased baseline. rewards: [P, G] -> [P, G]."""
+  _check_groups("rloo_advantages", rewards)
+  rewards = rewards.astype(jnp.float32)
+  group = rewards.shape[1]
+  others = (jnp.sum(rewards, axis=1, keepdims=True) - rewards) / (group - 1)  # [P, G]
+  return rewards - others

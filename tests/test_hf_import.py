@@ -133,11 +133,11 @@ def test_unsupported_architecture_is_named_before_training(checkpoint, tmp_path)
     sft.run(_config(neox, data_dir), str(tmp_path / "run"), stage="pretrain")
 
 
-def test_export_refuses_what_is_not_a_policy(checkpoint, tmp_path):
+def test_export_refuses_what_does_not_exist(checkpoint, tmp_path):
   ckpt, data_dir = checkpoint
   sft.run(_config(ckpt, data_dir), str(tmp_path), stage="pretrain")
-  with pytest.raises(ValueError, match="'rm' is a reward model"):
-    export_lib.export(str(tmp_path), "rm", str(tmp_path / "out"))
+  with pytest.raises(ValueError, match="'rm' is a reward model: only PPO keeps an EMA"):
+    export_lib.export(str(tmp_path), "rm", str(tmp_path / "out"), ema=True)
   with pytest.raises(ValueError, match="unknown stage 'dpo'"):
     export_lib.export(str(tmp_path), "dpo", str(tmp_path / "out"))
   with pytest.raises(Exception, match="no finished stage export"):

@@ -19,7 +19,7 @@ import pytest
 import safetensors.numpy
 import transformers
 
-from instructjax.models import from_hf, to_hf
+from instructjax.models import ScalarModel, from_hf, to_hf
 from instructjax.models.hf_interop import HFCheckpointError
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
@@ -194,6 +194,50 @@ def test_to_hf_output_generates_in_transformers(name, tmp_path):
         max_new_tokens=expected.shape[1] - prompt.shape[1], pad_token_id=0,
         eos_token_id=None)
   np.testing.assert_array_equal(greedy.numpy(), expected)
+
+
+def _reward_model(name):
+  """The fixture's trunk under a random score head: a reward model as the RM stage has."""
+  model, params = from_hf(FIXTURES / name)
+  scalar = ScalarModel(model.config)
+  head = np.random.default_rng(0).normal(size=(model.config.d_model, 1)).astype(np.float32)
+  return scalar, {"transformer": params["transformer"], "scalar_head": {"kernel": head}}
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_reward_model_is_written_as_a_one_label_classifier(name, tmp_path):
+  scalar, params = _reward_model(name)
+  to_hf(scalar, params, tmp_path / "rm", reward_bias=0.25)
+  written = safetensors.numpy.load_file(tmp_path / "rm" / "model.safetensors")
+  original = hf_tensors(name)
+  # The causal LM's trunk tensors, HF's [1, d_model] score in place of any LM head.
+  trunk = {k: v for k, v in original.items() if k != "lm_head.weight"}
+  assert sorted(written) == sorted([*trunk, "score.weight"])
+  for tensor_name, value in trunk.items():
+    np.testing.assert_array_equal(written[tensor_name], value, err_msg=tensor_name)
+  np.testing.assert_array_equal(written["score.weight"], params["scalar_head"]["kernel"].T)
+  raw = json.loads((tmp_path / "rm" / "config.json").read_text())
+  family = "GPT2" if name == "gpt2" else raw["model_type"].capitalize()
+  assert raw["architectures"] == [f"{family}ForSequenceClassification"]
+  assert len(raw["id2label"]) == 1 and raw["reward_bias"] == 0.25
+  with pytest.raises(HFCheckpointError, match="head bias"):
+    to_hf(ScalarModel(scalar.config, head_bias=True), params, tmp_path / "value")
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_reward_model_scores_like_transformers(name, tmp_path):
+  """transformers' *ForSequenceClassification, loaded from to_hf's files, gives the
+  reward our model reads at the last token. Needs torch (`pip install torch==2.13.0`)."""
+  torch = pytest.importorskip("torch")
+  scalar, params = _reward_model(name)
+  to_hf(scalar, params, tmp_path / "rm")
+  hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(
+      tmp_path / "rm").eval()
+  tokens = np.random.default_rng(1).integers(1, scalar.config.vocab_size, (1, 12))  # [1, T]
+  ours = scalar.apply({"params": params}, jnp.asarray(tokens, jnp.int32))[0, -1]
+  with torch.no_grad():
+    theirs = hf_model(torch.from_numpy(tokens).long()).logits  # [1, 1]
+  np.testing.assert_allclose(theirs.numpy()[0, 0], np.asarray(ours), rtol=1e-4, atol=1e-4)
 
 
 def test_to_hf_bfloat16_and_boxed_params(tmp_path):

@@ -168,6 +168,12 @@ def test_gpt2_on_hh_rlhf_killed_and_resumed(tmp_path):
   assert model.config.hf_family == "gpt2" and model.config.d_model == 32
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   assert transformers.AutoConfig.from_pretrained(out).eos_token_id == tokenizer.eos_token_id
+  # So does the reward model, as a one-label classifier with the bias PPO subtracted.
+  rm_out = export(str(workdir), "rm", str(tmp_path / "exported_rm"))
+  rm_config = transformers.AutoConfig.from_pretrained(rm_out)
+  card = json.loads((workdir / "rm" / "export" / "export.json").read_text())
+  assert rm_config.architectures == ["GPT2ForSequenceClassification"]
+  assert rm_config.num_labels == 1 and rm_config.reward_bias == card["reward_bias"]
 
 
 def test_llama_on_tldr(tmp_path):

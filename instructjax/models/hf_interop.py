@@ -38,7 +38,7 @@ import safetensors.numpy
 
 from instructjax.models.model_config import ModelConfig
 from instructjax.models.rope import ROPE_TYPES
-from instructjax.models.transformer import CausalLM
+from instructjax.models.transformer import CausalLM, ScalarModel
 
 # HF architecture name -> model_type; both must agree with config.json.
 SUPPORTED_ARCHITECTURES = {
@@ -49,6 +49,12 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
 }
 _ARCHITECTURE_OF = {t: a for a, t in SUPPORTED_ARCHITECTURES.items()}
+# What a reward model (a ScalarModel) is written as: one label, a bias-free score head.
+_CLASSIFIER_OF = {"gpt2": "GPT2ForSequenceClassification",
+                  "llama": "LlamaForSequenceClassification",
+                  "mistral": "MistralForSequenceClassification",
+                  "qwen2": "Qwen2ForSequenceClassification",
+                  "qwen3": "Qwen3ForSequenceClassification"}
 # Families whose feed-forward layers are mixtures of experts: named in the refusal.
 _MOE_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3",
                     "llama4", "gpt_oss", "olmoe")
@@ -65,6 +71,7 @@ _BUFFERS = {
 # The prefix of the base model inside *ForCausalLM; checkpoints of the base model lack it.
 _BASE_PREFIX = {"gpt2": "transformer.", "llama": "model."}
 _LM_HEAD = "lm_head.weight"
+_SCORE = "score.weight"  # *ForSequenceClassification's head
 
 ParamPath = tuple[str, ...]  # a parameter's path in the params tree, e.g. ("lm_head", "kernel")
 
@@ -105,9 +112,15 @@ def from_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32",
   return model, params
 
 
-def to_hf(model: CausalLM, params, path: str | os.PathLike, *,
-          token_ids: dict[str, int | None] | None = None) -> None:
+def to_hf(model: CausalLM | ScalarModel, params, path: str | os.PathLike, *,
+          token_ids: dict[str, int | None] | None = None,
+          reward_bias: float | None = None) -> None:
   """Writes `params` as an HF checkpoint: config.json and model.safetensors.
+
+  A CausalLM becomes the family's *ForCausalLM. A reward model (a ScalarModel without a
+  head bias) becomes its *ForSequenceClassification with one label, whose logit is the
+  scalar at the last token; `reward_bias` (subtracted from it for the normalised reward)
+  is then written into config.json.
 
   The files are written to a temporary directory beside `path` that is then renamed
   onto it, so a failure never leaves a half-written checkpoint. An existing `path` must
@@ -116,16 +129,22 @@ def to_hf(model: CausalLM, params, path: str | os.PathLike, *,
   `ModelConfig`: `token_ids` ({"bos_token_id": ..., "eos_token_id": ..., "pad_token_id":
   ...}, from the tokenizer) go into config.json; absent ones are written as null.
   """
-  if not isinstance(model, CausalLM):
-    raise HFCheckpointError(f"to_hf exports a CausalLM, got {type(model).__name__}")
+  reward_model = isinstance(model, ScalarModel)
+  if not isinstance(model, CausalLM) and not (reward_model and not model.head_bias):
+    raise HFCheckpointError(f"to_hf exports a CausalLM or a reward model (a ScalarModel "
+                            f"without head bias), got {model!r}")
   config = model.config
   hf_config = _hf_config(config, token_ids or {})
+  if reward_model:
+    hf_config.architectures = [_CLASSIFIER_OF[config.hf_family]]
+    hf_config.num_labels = 1
+    hf_config.reward_bias = reward_bias
   params = flax.core.meta.unbox(params)
   _check_params(params, _abstract_params(model), what="params given to to_hf")
   tensors = {
       link.hf_name: np.ascontiguousarray(np.asarray(
           link.to_hf(*[_get(params, p) for p in link.paths])))
-      for link in _links(config)}
+      for link in _links(config, score_head=reward_model)}
 
   target = pathlib.Path(path).expanduser()
   if target.exists() and not target.is_dir():
@@ -428,8 +447,14 @@ def _transposed(name: str, path: ParamPath, our_shape: tuple[int, ...], *,
                lambda k: k.reshape(n_in, -1).T)
 
 
-def _links(config: ModelConfig) -> list[_Link]:
-  return _gpt2_links(config) if config.arch == "gpt2" else _llama_links(config)
+def _links(config: ModelConfig, *, score_head: bool = False) -> list[_Link]:
+  """The links of a CausalLM's params, or with `score_head` of a reward model's: the
+  trunk and a [1, d_model] score in place of any LM head."""
+  links = _gpt2_links(config) if config.arch == "gpt2" else _llama_links(config)
+  if score_head:
+    links = [link for link in links if link.hf_name != _LM_HEAD]
+    links.append(_transposed(_SCORE, ("scalar_head", "kernel"), (config.d_model, 1)))
+  return links
 
 
 def _gpt2_links(config: ModelConfig) -> list[_Link]:
@@ -566,7 +591,7 @@ def _llama_family_hf_config(config: ModelConfig, transformers, common: dict):
 # --- params trees --------------------------------------------------------------------
 
 
-def _abstract_params(model: CausalLM):
+def _abstract_params(model: CausalLM | ScalarModel):
   """Shapes and dtypes of `model`'s params, without allocating them."""
   tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
   variables = jax.eval_shape(model.init, jax.random.key(0), tokens)

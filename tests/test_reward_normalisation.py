@@ -54,9 +54,13 @@ def _load_rm(config, run_dir):
 def test_the_exported_rm_scores_demonstrations_with_mean_0_and_std_1(test_run):
   config, run_dir = test_run
   cfg, params, card = _load_rm(config, run_dir)
-  model = ScalarModel(cfg)
-  scores = np.array([float(model.apply({"params": params}, seq[None])[0, -1])
-                     for seq in _demonstration_sequences(config, run_dir, 10**6)])
+  seqs = _demonstration_sequences(config, run_dir, 10**6)
+  # Right-padded into one batch: causal attention leaves each sequence's values alone.
+  tokens = np.zeros((len(seqs), max(map(len, seqs))), np.int32)  # [N, T]
+  for i, seq in enumerate(seqs):
+    tokens[i, :len(seq)] = seq
+  values = np.asarray(jax.jit(ScalarModel(cfg).apply)({"params": params}, tokens))  # [N, T]
+  scores = np.array([values[i, len(seq) - 1] for i, seq in enumerate(seqs)])  # [N]
   normalised = scores - card.reward_bias
   assert card.reward_std > 0
   assert abs(normalised.mean()) < 1e-4

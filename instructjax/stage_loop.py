@@ -28,6 +28,7 @@ class ResumableIterator(Protocol):
   def __next__(self) -> Any: ...
   def get_state(self) -> dict: ...
   def set_state(self, state: dict) -> None: ...
+  def close(self) -> None: ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -184,6 +185,8 @@ def train(program: StageProgram) -> tuple[Any, dict[str, float]]:
   finally:
     checkpointer.close()
     run_log.close()
+    for iterator in program.iterators.values():
+      iterator.close()  # stops a prefetching worker
   if final_eval is None:  # resumed from the last checkpoint: nothing left to train
     final_eval = to_floats(program.evaluate(state)) if program.evaluate is not None else {}
   return state, final_eval

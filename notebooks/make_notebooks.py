@@ -311,7 +311,7 @@ import numpy as np
 from instructjax import losses, reward, sft, sharding, stage_export, stage_loop
 from instructjax.config import load_config, model_config
 from instructjax.data import batching, records, sources
-from instructjax.models import ScalarModel
+from instructjax.models import CausalLM, ScalarModel
 from instructjax.steps.gradients import divide, guarded_update, step_rng, summed_gradients
 from instructjax.steps.reward_step import ranking_rewards
 from instructjax.train_state import make_init_state
@@ -513,6 +513,61 @@ for stage, name in (("rm", "built-in ranking loss"), ("rm_margin", "margin loss"
 ax_train.set(xlabel="step", ylabel="pairwise accuracy", title="training batches")
 ax_train.legend()
 plt.show()
+'''),
+    ("markdown", '''
+## Past the RM: DPO or Plackett-Luce DPO on the same rankings
+
+The offline preference losses in `instructjax.losses` take the summed log-probs of each
+prompt's K ranked responses (best first) under a policy and a frozen reference, `[B, K]`.
+`dpo_loss` applies DPO to every ranked pair; `plackett_luce_dpo_loss` scores the whole
+ranking at once. Swapping one for the other is one line. Here the policy is the
+pretrained LM and the reference the SFT model, on a few held-out rankings.
+'''),
+    ("code", '''
+policy = CausalLM(cfg)
+sft_batcher = batching.SftBatcher(data.tokenizer, buckets=buckets,
+                                  max_prompt_len=config.data.max_prompt_len)
+
+
+def ranked_logps(params, rankings):
+  """-> summed response log-probs [B, K] (best first) and the mask of real responses."""
+  k = max(len(r.responses) for r in rankings)
+  rows, mask = [], []
+  for r in rankings:
+    ranked = list(r.ranked_responses)
+    mask.append([1] * len(ranked) + [0] * (k - len(ranked)))
+    padded = ranked + ranked[:1] * (k - len(ranked))  # masked out below
+    rows += [records.SftRecord(r.prompt, text) for text in padded]
+  (batch,) = batching.iterate_once(rows, sft_batcher, batch_size=len(rows))
+  logits = policy.apply({"params": params}, batch.tokens, token_mask=batch.token_mask)
+  logps = losses.token_logprobs(logits[:, :-1], batch.tokens[:, 1:])  # [B * K, T - 1]
+  summed = jnp.sum(logps * batch.loss_mask[:, 1:], axis=1)  # [B * K]
+  return summed.reshape(len(rankings), k), jnp.asarray(mask)
+
+
+def load(stage):
+  params, _ = stage_export.load_export(os.path.join(RUN_DIR, stage),
+                                       sharding.abstract_params(policy, mesh),
+                                       expected_stages=(stage,))
+  return params
+
+
+rankings = eval_rows[:16]
+pol, mask = ranked_logps(load("pretrain"), rankings)
+ref, _ = ranked_logps(load("sft"), rankings)
+for name, loss_fn in (("DPO on every pair", functools.partial(losses.dpo_loss, beta=0.1)),
+                      ("Plackett-Luce DPO", functools.partial(losses.plackett_luce_dpo_loss,
+                                                              beta=0.1))):
+  value, grad = jax.value_and_grad(
+      lambda p: loss_fn(policy_logps=p, ref_logps=ref, response_mask=mask)[0])(pol)
+  print(f"{name:18} loss {float(value):.4f}, gradient norm {float(jnp.linalg.norm(grad)):.4f}")
+
+# With two responses per prompt the two losses are the same.
+two = dict(policy_logps=pol[:, :2], ref_logps=ref[:, :2], response_mask=mask[:, :2])
+dpo, _ = losses.dpo_loss(**two, beta=0.1)
+pl, _ = losses.plackett_luce_dpo_loss(**two, beta=0.1)
+print(f"K=2: dpo {float(dpo):.6f}, plackett-luce {float(pl):.6f}")
+np.testing.assert_allclose(float(dpo), float(pl), rtol=1e-6)
 '''),
 ]
 

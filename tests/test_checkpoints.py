@@ -60,6 +60,9 @@ class _Batches:
   def set_state(self, state: dict) -> None:
     self.step = state["step"]
 
+  def close(self) -> None:
+    pass  # nothing runs ahead
+
 
 def _run(workdir) -> dict:
   """Trains the tiny stage to step 4 (checkpoints at 2 and 4); -> host params."""

@@ -267,7 +267,7 @@ class _RecordingBatcher(PromptBatcher):
     self.bad, self.threads = bad, []
 
   def __call__(self, rows, indices, local):
-    self.threads.append(threading.current_thread().name)
+    self.threads.append(threading.current_thread())
     if self.bad in indices:
       raise DataError(f"row {self.bad}: malformed")
     return super().__call__(rows, indices, local)
@@ -285,11 +285,20 @@ def test_prefetch_tokenizes_off_the_caller_thread_and_fails_in_order(tok):
   next(iterator)  # the failing batch is already made ahead, but not raised early
   with pytest.raises(DataError, match=f"row {bad}: malformed"):
     next(iterator)
-  assert threading.current_thread().name not in batcher.threads
+  assert threading.current_thread() not in batcher.threads
+  healthy = _RecordingBatcher(tok, bad=-2)
+  iterator = BatchIterator(records, healthy, batch_size=2, seed=0, prefetch=2,
+                           process_count=1, process_index=0)
+  next(iterator)
+  workers = lambda: [t for t in set(healthy.threads) if t.is_alive()]
+  assert workers()
+  iterator.close()  # the worker thread ends
+  time.sleep(0.2)
+  assert not workers()
   inline = _RecordingBatcher(tok, bad=-2)
   next(BatchIterator(records, inline, batch_size=2, seed=0, prefetch=0, process_count=1,
                      process_index=0))
-  assert inline.threads == [threading.current_thread().name]
+  assert inline.threads == [threading.current_thread()]
 
 
 def test_hosts_split_each_global_batch(tok):

@@ -55,3 +55,8 @@ def test_prototype_compares_the_new_loss_with_the_builtin(test_run, tmp_path):
   assert rows["built-in ranking loss"] == pytest.approx(
       (builtin["accuracy_train_labelers"], builtin["accuracy_heldout_labelers"]), abs=5e-4)
   assert figures(notebook) >= 1
+
+  swap = stdout(cell_printing(notebook, "Plackett-Luce DPO"))
+  assert re.search(rf"^Plackett-Luce DPO +loss {NUMBER}", swap, re.M), swap
+  dpo, pl = re.search(rf"K=2: dpo {NUMBER}, plackett-luce {NUMBER}", swap).groups()
+  assert dpo == pl

@@ -330,7 +330,14 @@ class BatchIterator:
                          f"{name}={value}; it was saved for other data or settings")
     self.step = int(state["step"])
     self.batcher.stats = tokenize.TruncationStats(**state["stats"])
-    self._stream = None  # batches made ahead from the old position are dropped
+    self.close()  # batches made ahead from the old position are dropped
+
+  def close(self) -> None:
+    """Stops the worker and drops the batches it made ahead; a later `next` restarts it
+    at the current position."""
+    if self._stream is not None:
+      self._stream.close()
+      self._stream = None
 
 
 def iterate_once(records: Sequence[Any], batcher: Any, *, batch_size: int,

@@ -181,6 +181,7 @@ def _reward_step(config, mesh) -> _Step:
   b, k, t = train.batch_size, _ranking_size(config), buckets[-1]
   batch = RankingBatch(tokens=_batch((b, k, t), jnp.int32, mesh),
                        token_mask=_batch((b, k, t), jnp.int32, mesh),
+                       loss_mask=_batch((b, k, t), jnp.int32, mesh),
                        response_mask=_batch((b, k), jnp.int32, mesh),
                        labeler=_batch((b,), jnp.int32, mesh))
   return _Step(reward.build_step(train, shardings), (state, batch), {}, state.params, state)

@@ -139,6 +139,9 @@ def test_ranking_batch_best_first_and_padded_k(tok):
   np.testing.assert_array_equal(batch.token_mask, [
       [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]],
       [[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]]])
+  np.testing.assert_array_equal(batch.loss_mask, [  # the response tokens and EOS (DPO)
+      [[0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 1]],
+      [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]]])
   np.testing.assert_array_equal(batch.response_mask, [[1, 1, 1], [1, 1, 0]])
   np.testing.assert_array_equal(batch.labeler, [5, -1])
   with pytest.raises(DataError, match="row 0: K=3 responses > k_max=2"):

@@ -1,4 +1,4 @@
-"""SFT and reward steps: the same update on one device, on three 8-device meshes, and
+"""SFT, reward and DPO steps: the same update on one device, on three 8-device meshes, and
 under pmap; parameters really laid out as the rule table says."""
 
 import functools
@@ -7,12 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.core import meta
 import pytest
 
 from instructjax import sharding
 from instructjax.data.batches import RankingBatch, TokenBatch
 from instructjax.models import CausalLM, ModelConfig, ScalarModel
 from instructjax.optimizers import make_optimizer
+from instructjax.steps.dpo_step import dpo_step
 from instructjax.steps.reward_step import reward_step
 from instructjax.steps.sft_step import sft_step
 from instructjax.train_state import create_train_state
@@ -50,8 +52,9 @@ def _ranking_batch(rng, b=8, k=4, t=10):
   response_mask = np.ones((b, k), np.int32)
   response_mask[::3, 3] = 0  # some prompts have K = 3
   token_mask = token_mask * response_mask[..., None]
-  return RankingBatch(tokens=tokens, token_mask=token_mask, response_mask=response_mask,
-                      labeler=np.zeros(b, np.int32))
+  loss_mask = token_mask * (np.arange(t) >= 2)  # a 2-token prompt
+  return RankingBatch(tokens=tokens, token_mask=token_mask, loss_mask=loss_mask,
+                      response_mask=response_mask, labeler=np.zeros(b, np.int32))
 
 
 def _run(mesh, init, step, batches):
@@ -62,9 +65,14 @@ def _run(mesh, init, step, batches):
   return state, metrics
 
 
+# DPO's frozen reference: another init of the policy, so the loss is not at its start.
+_REFERENCE = meta.unbox(CausalLM(CFG).init(jax.random.PRNGKey(1), jnp.zeros((1, 8), jnp.int32))
+                        ["params"])
 CASES = {
     "sft": (CausalLM(CFG), sft_step, _token_batch),
     "rm": (ScalarModel(CFG), reward_step, _ranking_batch),
+    "dpo": (CausalLM(CFG), functools.partial(dpo_step, ref_params=_REFERENCE,
+                                             loss="plackett_luce", coef=0.5), _ranking_batch),
 }
 
 

@@ -31,6 +31,7 @@ class RankingBatch:
   """
   tokens: jax.Array  # [B, K, T] int32
   token_mask: jax.Array  # [B, K, T] int32
+  loss_mask: jax.Array  # [B, K, T] int32: the response tokens (EOS included), for DPO
   response_mask: jax.Array  # [B, K] int32: 1 = a real response
   labeler: jax.Array  # [B] int32: id of the labeler who ranked them (-1 if unknown)
 

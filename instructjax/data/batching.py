@@ -170,17 +170,23 @@ class RankingBatcher(_PairBatcher):
         texts.append(response)
     responses = self._responses(texts, [len(p) for p in owner_prompts])
     seqs: list[list[np.ndarray]] = [[] for _ in rows]
+    prompt_lens: list[list[int]] = [[] for _ in rows]
     for i, p, r in zip(owners, owner_prompts, responses):
       seqs[i].append(np.concatenate([p, r]))
+      prompt_lens[i].append(len(p))
     length = bucket_length(max(len(s) for row in seqs for s in row), self.buckets)
-    seqs, local_rows = seqs[local], list(rows[local])
+    seqs, prompt_lens, local_rows = seqs[local], prompt_lens[local], list(rows[local])
     flat = [row[k] if k < len(row) else None for row in seqs for k in range(self.k_max)]
     tokens, token_mask = _pad_right(flat, length, self.pad_id)  # [B * K, T]
+    starts = np.array([lens[k] if k < len(lens) else length for lens in prompt_lens
+                       for k in range(self.k_max)])  # [B * K]: first response token
+    loss_mask = token_mask * (np.arange(length)[None] >= starts[:, None])  # [B * K, T]
     shape = (len(seqs), self.k_max, length)
     response_mask = np.array(
         [[int(k < len(row)) for k in range(self.k_max)] for row in seqs], np.int32)
     labeler = np.array([-1 if row is None else row.labeler for row in local_rows], np.int32)
     return RankingBatch(tokens=tokens.reshape(shape), token_mask=token_mask.reshape(shape),
+                        loss_mask=loss_mask.astype(np.int32).reshape(shape),
                         response_mask=response_mask.reshape(len(seqs), self.k_max),
                         labeler=labeler)
 

@@ -80,3 +80,19 @@ def guarded_update(state: TrainState, grads: Any, loss: jax.Array):
              "update_skipped": (~finite).astype(jnp.int32),
              "consecutive_skips": new_state.skipped_updates}
   return new_state, metrics
+
+
+def mean_loss_step(state: TrainState, loss_sums_fn: Callable[..., tuple[jax.Array, dict]],
+                   batch: Any, *, count: str, accum_steps: int = 1,
+                   axis_name: str | None = None):
+  """The step every supervised stage takes: gradients of the summed loss over
+  microbatches and devices, divided by the total `metrics[count]` (tokens, prompts), then
+  the NaN-guarded update. -> (new_state, the metric sums, the update's metrics and
+  "loss")."""
+  grads, sums = summed_gradients(loss_sums_fn, state.params, batch,
+                                 step_rng(state, axis_name), accum_steps=accum_steps,
+                                 axis_name=axis_name)
+  total = jnp.maximum(sums[count], 1)
+  loss = sums["loss_sum"] / total
+  state, update_metrics = guarded_update(state, divide(grads, total), loss)
+  return state, {**sums, **update_metrics, "loss": loss}

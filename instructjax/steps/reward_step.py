@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from instructjax import losses
 from instructjax.data.batches import RankingBatch
 from instructjax.models import last_token_value
-from instructjax.steps.gradients import divide, guarded_update, step_rng, summed_gradients
+from instructjax.steps.gradients import mean_loss_step
 from instructjax.train_state import TrainState
 
 
@@ -32,11 +32,8 @@ def reward_step(state: TrainState, batch: RankingBatch, *, accum_steps: int = 1,
     _, metrics = losses.ranking_loss(rewards=rewards, response_mask=micro.response_mask)
     return metrics["loss_sum"], metrics
 
-  grads, sums = summed_gradients(loss_sums, state.params, batch, step_rng(state, axis_name),
-                                 accum_steps=accum_steps, axis_name=axis_name)
-  count = jnp.maximum(sums["element_count"], 1)
-  loss = sums["loss_sum"] / count
-  state, update_metrics = guarded_update(state, divide(grads, count), loss)
-  return state, {**sums, **update_metrics, "loss": loss,
-                 "accuracy": sums["pair_correct_sum"] / jnp.maximum(sums["pair_count"], 1)}
+  state, metrics = mean_loss_step(state, loss_sums, batch, count="element_count",
+                                  accum_steps=accum_steps, axis_name=axis_name)
+  return state, {**metrics, "accuracy": metrics["pair_correct_sum"]
+                 / jnp.maximum(metrics["pair_count"], 1)}
 

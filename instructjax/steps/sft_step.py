@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from instructjax import losses
 from instructjax.data.batches import TokenBatch
-from instructjax.steps.gradients import divide, guarded_update, step_rng, summed_gradients
+from instructjax.steps.gradients import mean_loss_step
 from instructjax.train_state import TrainState
 
 
@@ -21,12 +21,8 @@ def sft_step(state: TrainState, batch: TokenBatch, *, accum_steps: int = 1,
                                         loss_mask=micro.loss_mask)
     return metrics["loss_sum"], metrics
 
-  grads, sums = summed_gradients(loss_sums, state.params, batch, step_rng(state, axis_name),
-                                 accum_steps=accum_steps, axis_name=axis_name)
-  count = jnp.maximum(sums["token_count"], 1)
-  grads = divide(grads, count)
-  loss = sums["loss_sum"] / count
-  state, update_metrics = guarded_update(state, grads, loss)
-  return state, {**sums, **update_metrics, "loss": loss,
-                 "accuracy": sums["accuracy_sum"] / count}
+  state, metrics = mean_loss_step(state, loss_sums, batch, count="token_count",
+                                  accum_steps=accum_steps, axis_name=axis_name)
+  return state, {**metrics,
+                 "accuracy": metrics["accuracy_sum"] / jnp.maximum(metrics["token_count"], 1)}
 

@@ -43,7 +43,9 @@ class StageTimes:
     if os.path.exists(self.path):
       with open(self.path, encoding="utf-8") as f:
         saved = json.load(f)
-      self.times, self.compile = saved["wall_s"], saved["compile_s"]
+      # A run begun before compile times were kept holds {stage: wall seconds} only.
+      self.times, self.compile = ((saved["wall_s"], saved["compile_s"]) if "wall_s" in saved
+                                  else (saved, {}))
 
   @contextlib.contextmanager
   def timing(self, stage: str):

@@ -6,11 +6,10 @@
 The policy starts from WORKDIR/sft, the value model from WORKDIR/rm (a separate trunk,
 whose head bias starts at -reward_bias, so its first values are the normalised reward
 the rollouts are scored with); the frozen SFT policy is the KL reference and the frozen
-RM the reward. Each iteration
-is two named steps: `collect` samples a rollout and scores it, then `update` takes
-`epochs` x (rollout_batch_size / minibatch_size) PPO steps on it. Writes
-WORKDIR/<stage>/{metrics.jsonl, tensorboard/, checkpoints/, export/} and resumes from
-its last checkpoint (state, KL coefficient, data positions).
+RM the reward. Each iteration is two named steps: `collect` samples a rollout and scores
+it, then `update` takes `epochs` x (rollout_batch_size / minibatch_size) PPO steps on it.
+Writes WORKDIR/<stage>/{metrics.jsonl, tensorboard/, checkpoints/, export/} and resumes
+from its last checkpoint (state, KL coefficient, data positions).
 """
 
 from __future__ import annotations

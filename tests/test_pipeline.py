@@ -43,6 +43,16 @@ def quick_run(tmp_path_factory):
   return load_config(QUICK), run_dir, results
 
 
+def test_stage_times_of_a_run_begun_by_an_older_version_are_kept(tmp_path):
+  (tmp_path / "stage_times.json").write_text(json.dumps({"pretrain": 12.5}))
+  times = pipeline.StageTimes(str(tmp_path))
+  with times.timing("sft"):
+    pass
+  saved = json.loads((tmp_path / "stage_times.json").read_text())
+  assert saved["wall_s"]["pretrain"] == 12.5 and set(saved["wall_s"]) == {"pretrain", "sft"}
+  assert set(saved["compile_s"]) == {"sft"}
+
+
 def test_every_stage_is_exported_and_timed(quick_run):
   config, run_dir, results = quick_run
   stages = [s.name for s in stage_table.stages_for(config)]

@@ -313,6 +313,7 @@ from instructjax.config import load_config, model_config
 from instructjax.data import batching, records, sources
 from instructjax.models import CausalLM, ScalarModel
 from instructjax.steps.gradients import divide, guarded_update, step_rng, summed_gradients
+from instructjax.steps.dpo_step import ranked_logprobs
 from instructjax.steps.reward_step import ranking_rewards
 from instructjax.train_state import make_init_state
 ''' + ROOT + '''
@@ -520,29 +521,12 @@ plt.show()
 The offline preference losses in `instructjax.losses` take the summed log-probs of each
 prompt's K ranked responses (best first) under a policy and a frozen reference, `[B, K]`.
 `dpo_loss` applies DPO to every ranked pair; `plackett_luce_dpo_loss` scores the whole
-ranking at once. Swapping one for the other is one line. Here the policy is the
-pretrained LM and the reference the SFT model, on a few held-out rankings.
+ranking at once. Swapping one for the other is one line (`steps.dpo_step` trains with
+either). Here the policy is the pretrained LM and the reference the SFT model, on a few
+held-out rankings.
 '''),
     ("code", '''
 policy = CausalLM(cfg)
-sft_batcher = batching.SftBatcher(data.tokenizer, buckets=buckets,
-                                  max_prompt_len=config.data.max_prompt_len)
-
-
-def ranked_logps(params, rankings):
-  """-> summed response log-probs [B, K] (best first) and the mask of real responses."""
-  k = max(len(r.responses) for r in rankings)
-  rows, mask = [], []
-  for r in rankings:
-    ranked = list(r.ranked_responses)
-    mask.append([1] * len(ranked) + [0] * (k - len(ranked)))
-    padded = ranked + ranked[:1] * (k - len(ranked))  # masked out below
-    rows += [records.SftRecord(r.prompt, text) for text in padded]
-  (batch,) = batching.iterate_once(rows, sft_batcher, batch_size=len(rows))
-  logits = policy.apply({"params": params}, batch.tokens, token_mask=batch.token_mask)
-  logps = losses.token_logprobs(logits[:, :-1], batch.tokens[:, 1:])  # [B * K, T - 1]
-  summed = jnp.sum(logps * batch.loss_mask[:, 1:], axis=1)  # [B * K]
-  return summed.reshape(len(rankings), k), jnp.asarray(mask)
 
 
 def load(stage):
@@ -552,9 +536,11 @@ def load(stage):
   return params
 
 
-rankings = eval_rows[:16]
-pol, mask = ranked_logps(load("pretrain"), rankings)
-ref, _ = ranked_logps(load("sft"), rankings)
+# The rankings as the RM batches them; batch.loss_mask marks each response's tokens.
+(batch,) = batching.iterate_once(eval_rows[:16], eval_batcher, batch_size=16)
+pol = ranked_logprobs(policy.apply, load("pretrain"), batch)  # [B, K]
+ref = ranked_logprobs(policy.apply, load("sft"), batch)  # [B, K]
+mask = batch.response_mask  # [B, K]
 for name, loss_fn in (("DPO on every pair", functools.partial(losses.dpo_loss, beta=0.1)),
                       ("Plackett-Luce DPO", functools.partial(losses.plackett_luce_dpo_loss,
                                                               beta=0.1))):

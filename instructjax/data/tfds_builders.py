@@ -295,13 +295,18 @@ class ManualSplits:
   bad_rows: dict[str, dict[str, int]]
 
 
+def _prepared(builder, manual_dir: str):
+  """The builder, its dataset prepared (once: tfds reuses it) from manual_dir alone."""
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir, try_download_gcs=False))  # never the network
+  return builder
+
+
 def read_tldr_sft_dir(manual_dir: str, *, data_dir: str,
                       skip_bad_rows: bool = False) -> tuple[list[SftRecord], dict[str, int]]:
   """The filtered TL;DR demonstrations' train split, prepared (once) by `TldrSft` under
   data_dir; -> (records, rows skipped per split)."""
-  builder = TldrSft(data_dir=data_dir, skip_bad_rows=skip_bad_rows)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False))  # never the network
+  builder = _prepared(TldrSft(data_dir=data_dir, skip_bad_rows=skip_bad_rows), manual_dir)
   bad_rows = builder.info.metadata["bad_rows"]
   return (read_all(builder.as_data_source()["train"]),
           {split: int(n) for split, n in bad_rows.items()})
@@ -318,9 +323,8 @@ def read_manual_dataset(name: str, *, manual_dir: str, data_dir: str,
   configs = list(subsets) if spec.has_subsets else [None]
   splits = ManualSplits(train=[], test=[], bad_rows={})
   for config in configs:
-    builder = spec.builder(config=config, data_dir=data_dir, skip_bad_rows=skip_bad_rows)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, try_download_gcs=False))  # never the network
+    builder = _prepared(spec.builder(config=config, data_dir=data_dir,
+                                     skip_bad_rows=skip_bad_rows), manual_dir)
     sources = builder.as_data_source()
     splits.train.extend(read_all(sources[spec.train_split]))
     splits.test.extend(read_all(sources[spec.test_split]))

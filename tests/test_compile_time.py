@@ -1,6 +1,7 @@
 """Compile seconds come from JAX's events, and the persistent cache that the command line
 sets up under the workdir spares a rerun the compiling: two fresh processes compile the
-same training step, the second loading it from the cache."""
+same training step, the second loading it from the cache (JAX's cache-hit events say so;
+no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,19 @@ import jax, jax.numpy as jnp
 from instructjax import compile_time
 from instructjax.models import CausalLM, ModelConfig
 cache = compile_time.use_persistent_cache(sys.argv[1])
+events = {"hits": 0, "misses": 0}
+def count(event, **unused):
+  for kind in events:
+    if event == "/jax/compilation_cache/cache_" + kind:
+      events[kind] += 1
+jax.monitoring.register_event_listener(count)
 model = CausalLM(ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_len=32))
 tokens = jnp.zeros((4, 32), jnp.int32)
 params = model.init(jax.random.key(0), tokens)["params"]
 loss = lambda p: jnp.mean(model.apply({"params": p}, tokens) ** 2)
 before = compile_time.seconds()
 jax.block_until_ready(jax.jit(jax.grad(loss))(params))
-print(json.dumps({"cache": cache, "compile_s": compile_time.seconds() - before}))
+print(json.dumps({"cache": cache, "compile_s": compile_time.seconds() - before, **events}))
 """
 
 
@@ -44,7 +51,10 @@ def test_a_second_process_loads_the_step_from_the_cache_under_the_workdir(tmp_pa
   first, second = _fresh_process(tmp_path), _fresh_process(tmp_path)
   assert first["cache"] == second["cache"] == str(tmp_path / "xla_cache")
   assert os.listdir(tmp_path / "xla_cache")
-  assert 0 < second["compile_s"] < first["compile_s"] / 2, (first, second)
+  # JAX's own cache events: the first process compiles, the second only loads.
+  assert first["misses"] >= 1 and first["hits"] == 0, first
+  assert second["hits"] >= 1 and second["misses"] == 0, second
+  assert first["compile_s"] > 0 and second["compile_s"] > 0
 
 
 def test_seconds_count_compiling_not_calls():

@@ -51,9 +51,10 @@ def test_a_second_process_loads_the_step_from_the_cache_under_the_workdir(tmp_pa
   first, second = _fresh_process(tmp_path), _fresh_process(tmp_path)
   assert first["cache"] == second["cache"] == str(tmp_path / "xla_cache")
   assert os.listdir(tmp_path / "xla_cache")
-  # JAX's own cache events: the first process compiles, the second only loads.
+  # JAX's own cache events: the first process compiles and stores, the second loads. (It
+  # may still miss on programs under the cache's 0.1 s threshold, which are not stored.)
   assert first["misses"] >= 1 and first["hits"] == 0, first
-  assert second["hits"] >= 1 and second["misses"] == 0, second
+  assert second["hits"] >= 1, second
   assert first["compile_s"] > 0 and second["compile_s"] > 0
 
 

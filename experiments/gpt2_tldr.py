@@ -175,6 +175,11 @@ def get_config(variant: str = ""):
       max_new_tokens=48,  # summary length limit (Stiennon et al.: 48 tokens)
       whiten_rewards=False,
       no_eos_penalty=-1.0,  # reward for a summary that never emits EOS
+      # Advantage estimator: "gae" (PPO, with a value model), or a critic-free group
+      # baseline over group_size samples per prompt, "rloo" or "grpo" (no value model).
+      advantage="gae",
+      group_size=1,  # samples per prompt (1 for GAE)
+      kl_loss_coef=0.0,  # GRPO's KL-to-reference loss term (k3); PPO's KL is in the reward
       ema_decay=0.992,  # EMA of policy weights (paper: 0.992); 0 = off
       grad_clip_norm=1.0,
       checkpoint_every=25,  # iterations between checkpoints

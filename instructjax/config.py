@@ -71,7 +71,40 @@ def _require(condition: bool, field: str, message: str) -> None:
     raise ConfigError(f"config.{field}: {message}")
 
 
-_TRAIN_SECTIONS = ("pretrain", "sft", "rm", "ppo")
+_TRAIN_SECTIONS = ("pretrain", "sft", "rm", "ppo", "dpo", "rloo", "grpo")
+_RL_SECTIONS = ("ppo", "rloo", "grpo")  # read by instructjax.ppo
+# The preference losses of the dpo section (instructjax.steps.dpo_step), kept here so
+# validating a config imports no model code.
+_PREFERENCE_LOSSES = ("dpo", "ipo", "plackett_luce")
+
+
+def _validate_rl(ppo: ml_collections.ConfigDict, section: str) -> None:
+  _require(ppo.kl_coef >= 0, f"{section}.kl_coef", f"{ppo.kl_coef} must be >= 0")
+  _require(ppo.ptx_coef >= 0, f"{section}.ptx_coef", f"{ppo.ptx_coef} must be >= 0")
+  _require(0 < ppo.clip_eps < 1, f"{section}.clip_eps", f"{ppo.clip_eps} must be in (0, 1)")
+  _require(0 <= ppo.gae_lambda <= 1, f"{section}.gae_lambda",
+           f"{ppo.gae_lambda} must be in [0, 1]")
+  _require(0 <= ppo.gamma <= 1, f"{section}.gamma", f"{ppo.gamma} must be in [0, 1]")
+  _require(ppo.temperature > 0, f"{section}.temperature", f"{ppo.temperature} must be > 0")
+  _require(ppo.rollout_batch_size % ppo.minibatch_size == 0, f"{section}.minibatch_size",
+           f"rollout_batch_size={ppo.rollout_batch_size} is not divisible by "
+           f"minibatch_size={ppo.minibatch_size}")
+  if ppo.adaptive_kl:
+    _require(ppo.target_kl > 0, f"{section}.target_kl", "must be > 0 when adaptive_kl is on")
+  _require(0 <= ppo.ema_decay < 1, f"{section}.ema_decay",
+           f"{ppo.ema_decay} must be in [0, 1)")
+  _require(ppo.warmup_steps >= 0, f"{section}.warmup_steps",
+           f"{ppo.warmup_steps} must be >= 0")
+  _require(ppo.kl_loss_coef >= 0, f"{section}.kl_loss_coef",
+           f"{ppo.kl_loss_coef} must be >= 0")
+  _require(ppo.advantage in ("gae", "rloo", "grpo"), f"{section}.advantage",
+           f"{ppo.advantage!r} is not one of ('gae', 'rloo', 'grpo')")
+  _require((ppo.group_size == 1) == (ppo.advantage == "gae"), f"{section}.group_size",
+           f"{ppo.group_size} with advantage={ppo.advantage!r}: GAE draws 1 sample per "
+           "prompt, rloo and grpo baseline each sample with the others of its prompt (>= 2)")
+  _require(ppo.group_size >= 1 and ppo.rollout_batch_size % ppo.group_size == 0,
+           f"{section}.group_size", f"rollout_batch_size={ppo.rollout_batch_size} is not a "
+           f"multiple of group_size={ppo.group_size}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -99,21 +132,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if "warmup_steps" in cfg and "steps" in cfg:
       _require(0 <= cfg.warmup_steps <= cfg.steps, f"{section}.warmup_steps",
                f"{cfg.warmup_steps} must be in [0, steps={cfg.steps}]")
-  if "ppo" in config:
-    ppo = config.ppo
-    _require(ppo.kl_coef >= 0, "ppo.kl_coef", f"{ppo.kl_coef} must be >= 0")
-    _require(ppo.ptx_coef >= 0, "ppo.ptx_coef", f"{ppo.ptx_coef} must be >= 0")
-    _require(0 < ppo.clip_eps < 1, "ppo.clip_eps", f"{ppo.clip_eps} must be in (0, 1)")
-    _require(0 <= ppo.gae_lambda <= 1, "ppo.gae_lambda", f"{ppo.gae_lambda} must be in [0, 1]")
-    _require(0 <= ppo.gamma <= 1, "ppo.gamma", f"{ppo.gamma} must be in [0, 1]")
-    _require(ppo.temperature > 0, "ppo.temperature", f"{ppo.temperature} must be > 0")
-    _require(ppo.rollout_batch_size % ppo.minibatch_size == 0, "ppo.minibatch_size",
-             f"rollout_batch_size={ppo.rollout_batch_size} is not divisible by "
-             f"minibatch_size={ppo.minibatch_size}")
-    if ppo.adaptive_kl:
-      _require(ppo.target_kl > 0, "ppo.target_kl", "must be > 0 when adaptive_kl is on")
-    _require(0 <= ppo.ema_decay < 1, "ppo.ema_decay", f"{ppo.ema_decay} must be in [0, 1)")
-    _require(ppo.warmup_steps >= 0, "ppo.warmup_steps", f"{ppo.warmup_steps} must be >= 0")
+  for section in (s for s in _RL_SECTIONS if s in config):
+    _validate_rl(config[section], section)
+  if "dpo" in config:
+    dpo = config.dpo
+    _require(dpo.loss in _PREFERENCE_LOSSES, "dpo.loss",
+             f"{dpo.loss!r} is not one of {_PREFERENCE_LOSSES}")
+    _require(dpo.coef > 0, "dpo.coef", f"{dpo.coef} must be > 0 (beta, or IPO's tau)")
   data = config.data
   _require(data.max_prompt_len >= 1, "data.max_prompt_len", "must be >= 1")
   _require(data.max_len > data.max_prompt_len, "data.max_len",

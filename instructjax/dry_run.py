@@ -7,8 +7,10 @@
 Builds the train states with `jax.eval_shape` (nothing is allocated) and the batches as
 `jax.ShapeDtypeStruct`s laid out as the stage programs lay them out, then lowers (and,
 where it is affordable, compiles) the functions the programs run, made by the programs'
-own builders: the SFT step, the reward-model step, the PPO sampler and rollout scorer,
-and the PPO step (PPO-ptx's, with its pretraining batch, when config.ppo.ptx_coef > 0).
+own builders: the SFT step, the reward-model step, the DPO step (when the config has a
+dpo section), the PPO sampler and rollout scorer, and the PPO step (PPO-ptx's, with its
+pretraining batch, when config.ppo.ptx_coef > 0; without a value model when
+config.ppo.advantage is critic-free).
 The sampler is traced as one program: a run dispatches its two jits (prefill, then the
 decode loop) one after the other, so its memory line is an upper bound. Batches take the
 largest shapes a run can see (the longest bucket, the configured batch sizes), so shape,
@@ -39,13 +41,13 @@ import ml_collections
 from absl import flags, logging
 from jax.sharding import AbstractMesh, Mesh
 
-from instructjax import cli, ppo, reward, sft, sharding
+from instructjax import cli, dpo, ppo, reward, sft, sharding
 from instructjax.config import ConfigError, model_config, validate
 from instructjax.data.batches import RankingBatch, TokenBatch
 from instructjax.models import CausalLM, ScalarModel
 from instructjax.train_state import make_init_state
 
-STEPS = ("sft_step", "reward_step", "sample", "score", "ppo_step")
+STEPS = ("sft_step", "reward_step", "dpo_step", "sample", "score", "ppo_step")
 MODES = ("auto", "lower", "compile")
 # "auto" on a CPU compiles policies up to this size; XLA:CPU takes minutes beyond it.
 CPU_COMPILE_MAX_PARAMS = 50_000_000
@@ -99,10 +101,13 @@ def build_mesh(mesh_config: ml_collections.ConfigDict, devices) -> Mesh | Abstra
 
 def check_batches(config: ml_collections.ConfigDict, mesh) -> None:
   """Every global batch of the stages divides data x fsdp (over all hosts' devices)."""
-  for field in ("sft.batch_size", "rm.batch_size", "ppo.rollout_batch_size",
-                "ppo.minibatch_size", "ppo.ptx_batch_size"):
+  fields = ["sft.batch_size", "rm.batch_size", "dpo.batch_size"]
+  fields += [f"{rl}.{name}" for rl in ("ppo", "rloo", "grpo")
+             for name in ("rollout_batch_size", "minibatch_size", "ptx_batch_size")]
+  for field in fields:
     section, name = field.split(".")
-    sharding.check_batch_divides(config[section][name], mesh, field=f"config.{field}")
+    if section in config:
+      sharding.check_batch_divides(config[section][name], mesh, field=f"config.{field}")
 
 
 def check_fits(config: ml_collections.ConfigDict, mesh) -> None:
@@ -173,18 +178,23 @@ def _ranking_size(config) -> int:
   return config.data.max_responses
 
 
-def _reward_step(config, mesh) -> _Step:
-  train = config.rm
-  model = ScalarModel(model_config(config.model, field="config.model"))
-  buckets = tuple(config.data.buckets)
-  state, shardings = _abstract_state(make_init_state(model, train, buckets[0]), mesh)
-  b, k, t = train.batch_size, _ranking_size(config), buckets[-1]
-  batch = RankingBatch(tokens=_batch((b, k, t), jnp.int32, mesh),
-                       token_mask=_batch((b, k, t), jnp.int32, mesh),
-                       loss_mask=_batch((b, k, t), jnp.int32, mesh),
-                       response_mask=_batch((b, k), jnp.int32, mesh),
-                       labeler=_batch((b,), jnp.int32, mesh))
-  return _Step(reward.build_step(train, shardings), (state, batch), {}, state.params, state)
+def _ranking_batch(config, batch_size: int, mesh) -> RankingBatch:
+  b, k, t = batch_size, _ranking_size(config), config.data.buckets[-1]
+  return RankingBatch(tokens=_batch((b, k, t), jnp.int32, mesh),
+                      token_mask=_batch((b, k, t), jnp.int32, mesh),
+                      loss_mask=_batch((b, k, t), jnp.int32, mesh),
+                      response_mask=_batch((b, k), jnp.int32, mesh),
+                      labeler=_batch((b,), jnp.int32, mesh))
+
+
+def _ranking_step(config, mesh, model, train, build_step, *, with_reference: bool) -> _Step:
+  """A step on K-wise rankings: the RM's, or DPO's, which also takes its frozen reference
+  (SFT), laid out as the policy."""
+  state, shardings = _abstract_state(
+      make_init_state(model, train, config.data.buckets[0]), mesh)
+  batch = _ranking_batch(config, train.batch_size, mesh)
+  args = (state, batch, state.params) if with_reference else (state, batch)
+  return _Step(build_step(train, shardings), args, {}, state.params, state)
 
 
 def _laid_out(shapes, mesh):
@@ -199,19 +209,22 @@ class _PPOSteps:
   def __init__(self, config, mesh):
     self.config, self.mesh = config, mesh
     cfg = model_config(config.model, field="config.model")
-    self.policy, self.value_model, self.reward_model = ppo.make_models(cfg)
+    self.policy, self.value_model, self.reward_model = ppo.make_models(
+        cfg, critic=ppo.has_critic(config.ppo))
     self.state, self.shardings = _abstract_state(
         ppo.make_init_state(config.ppo, self.policy, self.value_model), mesh)
     n, prompt_len = config.ppo.rollout_batch_size, config.data.max_prompt_len
     self.prompt_mask = _batch((n, prompt_len), jnp.int32, mesh)
     self.prompt_tokens, self.example_index = self.prompt_mask, _batch((n,), jnp.int32, mesh)
-    # The frozen reference has the policy's layout; the RM is the value model less the
-    # head bias.
+    # The frozen reference has the policy's layout, and the RM the value model's less
+    # the head bias (without a critic: the RM's own abstract layout).
     params = self.state.params
-    head = params["value"]["scalar_head"]
-    reward = {**params["value"], "scalar_head": {"kernel": head["kernel"]}}
-    self.frozen = {"policy": params["policy"], "value": params["value"],
-                   "ref": params["policy"], "reward": reward}
+    if "value" in params:
+      head = params["value"]["scalar_head"]
+      reward = {**params["value"], "scalar_head": {"kernel": head["kernel"]}}
+    else:
+      reward = sharding.abstract_params(self.reward_model, mesh)
+    self.frozen = {**params, "ref": params["policy"], "reward": reward}
 
   def sample(self, shapes=None) -> _Step:
     del shapes  # the first of the three: its inputs are the prompts
@@ -333,7 +346,13 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "aut
   if "sft_step" in steps:
     reports["sft_step"], _ = run("sft_step", _sft_step(config, mesh))
   if "reward_step" in steps:
-    reports["reward_step"], _ = run("reward_step", _reward_step(config, mesh))
+    reports["reward_step"], _ = run("reward_step", _ranking_step(
+        config, mesh, ScalarModel(model_config(config.model, field="config.model")),
+        config.rm, reward.build_step, with_reference=False))
+  if "dpo_step" in steps and "dpo" in config:
+    reports["dpo_step"], _ = run("dpo_step", _ranking_step(
+        config, mesh, CausalLM(model_config(config.model, field="config.model")),
+        config.dpo, dpo.build_step, with_reference=True))
   last = max((STEPS.index(name) for name in steps), default=-1)
   if last >= STEPS.index("sample"):
     ppo_steps = _PPOSteps(config, mesh)

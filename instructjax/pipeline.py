@@ -7,7 +7,8 @@
 Stages, each in WORKDIR/<stage>, in the order of `instructjax.stage_table.STAGES`:
 pretrain (the small vanilla LM, or the imported checkpoint config.hf_name.model),
 pretrain_big (a larger one), sft, rm, on real data rm_judge (a held-out RM that only
-judges), ppo, ppo_ptx; then eval/results.json and the report (report.md, report.html,
+judges), ppo, ppo_ptx, and where the config has their sections the methods compared with
+them (dpo, rloo, grpo); then eval/results.json and the report (report.md, report.html,
 plots, and on the testbed claims.json). On the testbed the evaluation scores answers
 with the gold score and the simulated labelers (`evaluation.final_eval`); on real data,
 with the RM and the held-out judge RM (`evaluation.judged_eval`). Rerunning after an
@@ -29,7 +30,7 @@ from instructjax import (cli, compile_time, dry_run, hf_import, sharding, stage_
 from instructjax.atomic_write import write_json
 from instructjax.data import sources
 from instructjax.evaluation import claims, final_eval, judged_eval, judged_report, report
-from instructjax.evaluation.contestants import LABELER_GROUPS
+from instructjax.evaluation.contestants import LABELER_GROUPS, METHODS
 
 
 class StageTimes:
@@ -86,7 +87,9 @@ def evaluate(config: ml_collections.ConfigDict, run_dir: str) -> dict:
       flops=claims.training_flops(config, params),
       rm_accuracy={group: rm_card.final_eval.get(f"accuracy_{group}")
                    for group in LABELER_GROUPS},
-      ppo_curves={s: _ppo_curve(run_dir, s) for s in stage_table.run_by("instructjax.ppo")})
+      ppo_curves={s.name: _ppo_curve(run_dir, s.name) for s in stage_table.stages_for(config)
+                  if s.program == "instructjax.ppo"},
+      methods=[name for name in METHODS if name in results["models"]])
   results["claims"] = claims.evaluate_claims(results)
   return results
 

@@ -1,7 +1,18 @@
-"""Stage 3, RL from the reward model: PPO (`--stage=ppo`) or PPO-ptx (`--stage=ppo_ptx`).
+"""Stage 3, RL from the reward model: PPO (`--stage=ppo`), PPO-ptx (`--stage=ppo_ptx`),
+and the critic-free RLOO (`--stage=rloo`) and GRPO (`--stage=grpo`).
 
   python -m instructjax.ppo --config=experiments/instructgpt_tiny.py --workdir=runs/demo
   python -m instructjax.ppo --stage=ppo_ptx --workdir=runs/demo   # + pretraining gradients
+  python -m instructjax.ppo --stage=rloo --workdir=runs/demo      # config.rloo's section
+
+Each stage reads its own config section (the stage table's train_section). Its
+`advantage` field picks the estimator: "gae" with a value model, or "rloo" / "grpo",
+which draw `group_size` samples per prompt and baseline each with its group, with no
+value model at all. That halves the trained state (params and Adam moments: 4.1 MB to
+2.1 MB at the tiny config), so the model-sized buffers held drop from 8 to 5 (policy,
+its two moments, the frozen reference and RM); it also drops one of the 5 forward
+passes of a rollout and half of each update's backward. The loop below is the same for
+all of them.
 
 The policy starts from WORKDIR/sft, the value model from WORKDIR/rm (a separate trunk,
 whose head bias starts at -reward_bias, so its first values are the normalised reward
@@ -29,10 +40,12 @@ import optax
 from instructjax import cli, hf_import, rl, sampling, sharding, stage_export, stage_table
 from instructjax.config import ConfigError
 from instructjax.data import batching, sources, testbed, tokenize
+from instructjax.data.batches import PromptBatch
 from instructjax.evaluation import measures
 from instructjax.models import CausalLM, ScalarModel
 from instructjax.optimizers import learning_rate_schedule
-from instructjax.rollout import Rollout, rollout_stats, score_rollout
+from instructjax.rollout import (ADVANTAGE_ESTIMATORS, Rollout, check_estimator, rollout_stats,
+                                 score_rollout)
 from instructjax.stage_loop import Cadence, Export, StageProgram, jit_step, run_stage, to_floats
 from instructjax.steps.ppo_step import PPOState, ppo_step
 
@@ -48,13 +61,15 @@ def updates_per_iteration(ppo: ml_collections.ConfigDict) -> int:
 
 
 def make_optimizer(ppo: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam over {'policy', 'value'} on the usual warmup + cosine schedule over every update
-  of the run; the value trunk's steps are value_lr_scale larger."""
+  """Adam over {'policy', 'value'} (or {'policy'}) on the usual warmup + cosine schedule
+  over every update of the run; the value trunk's steps are value_lr_scale larger."""
   schedule = learning_rate_schedule(peak_lr=ppo.lr, warmup_steps=ppo.warmup_steps,
                                     total_steps=ppo.iterations * updates_per_iteration(ppo))
 
   def scale_value(updates, state, params=None):
     del params
+    if "value" not in updates:  # a critic-free run
+      return updates, state
     return {**updates, "value": jax.tree.map(lambda u: u * ppo.value_lr_scale,
                                              updates["value"])}, state
 
@@ -62,10 +77,17 @@ def make_optimizer(ppo: ml_collections.ConfigDict) -> optax.GradientTransformati
                      optax.GradientTransformation(lambda _: optax.EmptyState(), scale_value))
 
 
-def make_models(cfg) -> tuple[CausalLM, ScalarModel, ScalarModel]:
-  """-> (policy, value model, reward model). The value model is the RM with a head bias,
-  so it can start where the normalised reward is (see `begin` in `_program`)."""
-  return CausalLM(cfg), ScalarModel(cfg, head_bias=True), ScalarModel(cfg)
+def make_models(cfg, *, critic: bool = True) -> tuple[CausalLM, ScalarModel | None,
+                                                     ScalarModel]:
+  """-> (policy, value model or None without a critic, reward model). The value model is
+  the RM with a head bias, so it can start where the normalised reward is (see `begin`
+  in `_program`)."""
+  value_model = ScalarModel(cfg, head_bias=True) if critic else None
+  return CausalLM(cfg), value_model, ScalarModel(cfg)
+
+
+def has_critic(ppo: ml_collections.ConfigDict) -> bool:
+  return ADVANTAGE_ESTIMATORS[ppo.advantage]
 
 
 def make_init_state(ppo: ml_collections.ConfigDict, policy, value_model):
@@ -74,8 +96,9 @@ def make_init_state(ppo: ml_collections.ConfigDict, policy, value_model):
   example = jnp.zeros((1, 8), jnp.int32)
 
   def init_state(rng):
-    params = {"policy": policy.init(rng, example)["params"],
-              "value": value_model.init(rng, example)["params"]}
+    params = {"policy": policy.init(rng, example)["params"]}
+    if value_model is not None:
+      params["value"] = value_model.init(rng, example)["params"]
     return PPOState.create(
         apply_fn=None, params=params, tx=tx, rng=rng, skipped_updates=jnp.zeros((), jnp.int32),
         ema_policy=params["policy"] if ppo.ema_decay > 0 else {},
@@ -97,7 +120,8 @@ def build_scorer(ppo: ml_collections.ConfigDict, policy, value_model, reward_mod
   return functools.partial(
       score_rollout, policy=policy, value_model=value_model, reward_model=reward_model,
       temperature=ppo.temperature, reward_bias=reward_bias, gamma=ppo.gamma,
-      lam=ppo.gae_lambda, whiten_rewards=ppo.whiten_rewards, no_eos_penalty=ppo.no_eos_penalty)
+      lam=ppo.gae_lambda, whiten_rewards=ppo.whiten_rewards, no_eos_penalty=ppo.no_eos_penalty,
+      advantage=ppo.advantage, group_size=ppo.group_size)
 
 
 def build_update(ppo: ml_collections.ConfigDict, policy, value_model, *, prompt_len: int,
@@ -106,7 +130,8 @@ def build_update(ppo: ml_collections.ConfigDict, policy, value_model, *, prompt_
   return jit_step(functools.partial(
       ppo_step, policy=policy, value_model=value_model, prompt_len=prompt_len,
       temperature=ppo.temperature, clip_eps=ppo.clip_eps, value_clip=ppo.value_clip,
-      vf_coef=ppo.vf_coef, ptx_coef=ptx_coef, ema_decay=ppo.ema_decay), state_shardings)
+      vf_coef=ppo.vf_coef, ptx_coef=ptx_coef, ema_decay=ppo.ema_decay,
+      kl_loss_coef=ppo.kl_loss_coef), state_shardings)
 
 
 # ----------------------------------------------------------------------------- one iteration
@@ -133,8 +158,8 @@ def collect(state: PPOState, batch, rng, *, experience: Experience):
                              rng)
   jax.block_until_ready(sample)
   t_sample = time.time() - t0
-  frozen = {"policy": state.params["policy"], "value": state.params["value"],
-            "ref": experience.ref_params, "reward": experience.reward_params}
+  frozen = {**state.params, "ref": experience.ref_params,
+            "reward": experience.reward_params}  # 'value' only with a critic
   rollout = experience.score(frozen, sample, batch.prompt_mask, batch.example_index,
                              state.kl_coef)
   stats = to_floats(_rollout_stats(rollout))
@@ -184,11 +209,24 @@ def adapt_kl(state: PPOState, kl_to_ref: float, *, ppo: ml_collections.ConfigDic
 
 
 def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") -> str:
-  """Runs (or resumes, or skips if finished) PPO or PPO-ptx; returns its directory."""
+  """Runs (or resumes, or skips if finished) an RL stage; returns its directory."""
   if stage not in STAGES:
     raise ValueError(f"unknown stage {stage!r}; known: {STAGES}")
-  if stage == "ppo_ptx" and config.ppo.ptx_coef <= 0:
+  section = stage_table.stage(stage).train_section
+  if section not in config:
+    raise ConfigError(f"--stage={stage} trains from config.{section}, which this config "
+                      "lacks")
+  train = config[section]
+  if stage == "ppo_ptx" and train.ptx_coef <= 0:
     raise ConfigError("config.ppo.ptx_coef must be > 0 for --stage=ppo_ptx")
+  try:
+    check_estimator(train.advantage, train.group_size, where=f"config.{section}")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if train.rollout_batch_size % train.group_size:
+    raise ConfigError(f"config.{section}.rollout_batch_size={train.rollout_batch_size} is "
+                      f"not a multiple of group_size={train.group_size}: each rollout holds "
+                      "whole groups of samples of one prompt")
   return run_stage(stage, os.path.join(run_dir, stage),
                    lambda: _program(config, run_dir, stage))
 
@@ -204,12 +242,12 @@ def _gold_scorer(bed: testbed.Testbed, tokenizer, *, prompt_len: int):
   return gold
 
 
-def _iterators(config, data, *, ptx: bool) -> dict[str, batching.BatchIterator]:
-  ppo, tok = config.ppo, data.tokenizer
+def _iterators(config, data, ppo, *, ptx: bool) -> dict[str, batching.BatchIterator]:
+  tok = data.tokenizer
   prompt_rows = data.read("ppo_prompts", skip_bad_rows=config.data.skip_bad_rows)
   iterators = {"prompts": batching.BatchIterator(
       prompt_rows, batching.PromptBatcher(tok, buckets=(config.data.max_prompt_len,)),
-      batch_size=ppo.rollout_batch_size, seed=config.seed,
+      batch_size=ppo.rollout_batch_size // ppo.group_size, seed=config.seed,
       prefetch=config.data.prefetch)}
   if ptx:
     iterators["ptx"] = batching.BatchIterator(
@@ -219,15 +257,22 @@ def _iterators(config, data, *, ptx: bool) -> dict[str, batching.BatchIterator]:
   return iterators
 
 
+def repeat_prompts(batch: PromptBatch, group_size: int) -> PromptBatch:
+  """Each prompt group_size times in a row (rows g*G .. g*G+G-1 share a prompt), as the
+  group baselines expect. Host arrays in, host arrays out."""
+  return jax.tree.map(lambda x: np.repeat(np.asarray(x), group_size, axis=0), batch)
+
+
 def _program(config, run_dir: str, stage: str) -> StageProgram:
-  ppo = config.ppo
+  section = stage_table.stage(stage).train_section
+  ppo = config[section]
   ptx_coef = ppo.ptx_coef if stage == "ppo_ptx" else 0.0
   cfg = hf_import.resolve_model(config, run_dir, "model")
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
   for field in ("rollout_batch_size", "minibatch_size", "ptx_batch_size"):
-    sharding.check_batch_divides(ppo[field], mesh, field=f"config.ppo.{field}")
-  policy, value_model, reward_model = make_models(cfg)
+    sharding.check_batch_divides(ppo[field], mesh, field=f"config.{section}.{field}")
+  policy, value_model, reward_model = make_models(cfg, critic=has_critic(ppo))
   tok, prompt_len = data.tokenizer, config.data.max_prompt_len
   ref_params, _ = stage_export.load_export(
       os.path.join(run_dir, "sft"), sharding.abstract_params(policy, mesh),
@@ -242,7 +287,7 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
       ref_params=ref_params, reward_params=reward_params,
       gold=(_gold_scorer(data.testbed, tok, prompt_len=prompt_len)
             if data.testbed is not None else None))
-  iterators = _iterators(config, data, ptx=ptx_coef > 0)
+  iterators = _iterators(config, data, ppo, ptx=ptx_coef > 0)
 
   def build_advance(shardings):
     step = build_update(ppo, policy, value_model, prompt_len=prompt_len, ptx_coef=ptx_coef,
@@ -250,7 +295,8 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
 
     def advance(state, iteration):
       t0 = time.time()
-      batch = sharding.shard_batch(next(iterators["prompts"]), mesh)
+      batch = sharding.shard_batch(repeat_prompts(next(iterators["prompts"]), ppo.group_size),
+                                   mesh)
       rollout, stats, times = collect(state, batch, jax.random.fold_in(state.rng, iteration),
                                       experience=experience)
       t1 = time.time()
@@ -264,12 +310,14 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
 
   def begin(state):  # policy and EMA <- SFT, value model <- RM - reward_bias
     copy = functools.partial(jax.tree.map, lambda x: x.copy())
+    state = state.replace(ema_policy=copy(ref_params)) if ppo.ema_decay > 0 else state
+    if value_model is None:
+      return state.replace(params={"policy": copy(ref_params)})
     value = copy(reward_params)
     bias = state.params["value"]["scalar_head"]["bias"]  # [1]
     value["scalar_head"]["bias"] = jax.device_put(
         np.full(bias.shape, -rm_card.reward_bias, bias.dtype), bias.sharding)
-    state = state.replace(params={"policy": copy(ref_params), "value": value})
-    return state.replace(ema_policy=copy(ref_params)) if ppo.ema_decay > 0 else state
+    return state.replace(params={"policy": copy(ref_params), "value": value})
 
   def exports(state, final_eval):
     del final_eval  # PPO's measurements are its per-iteration metrics

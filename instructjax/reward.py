@@ -41,7 +41,8 @@ def load_sft_params(sft_dir: str, cfg, mesh):
 
 
 @functools.partial(jax.jit, static_argnames="apply_fn")
-def _rewards(params, batch, *, apply_fn):
+def ranking_scores(params, batch, *, apply_fn):
+  """The RM's reward of every ranked response. -> [B, K]"""
   return ranking_rewards(apply_fn, params, batch)
 
 
@@ -51,14 +52,15 @@ def sequence_rewards(params, batch: TokenBatch, *, apply_fn):
   return last_token_value(values, batch.token_mask)  # [B]
 
 
-def ranking_accuracy(apply_fn, params, rows, batcher, *, mesh, held_out_ids=frozenset(),
+def ranking_accuracy(score, rows, batcher, *, mesh, held_out_ids=frozenset(),
                      batch_size: int = 16) -> dict:
-  """Pairwise ranking accuracy on rows, overall and split by held-out labelers."""
+  """Pairwise ranking accuracy on rows, overall and split by held-out labelers.
+  score: a RankingBatch on the mesh -> a reward per response [B, K] (the RM's, or DPO's
+  implicit reward)."""
   correct = {"train_labelers": 0, "heldout_labelers": 0}
   total = {"train_labelers": 0, "heldout_labelers": 0}
   for batch in batching.iterate_once(rows, batcher, batch_size=batch_size):
-    rewards = np.asarray(_rewards(params, sharding.shard_batch(batch, mesh),
-                                  apply_fn=apply_fn))  # [B, K]
+    rewards = np.asarray(score(sharding.shard_batch(batch, mesh)))  # [B, K]
     for r, mask, labeler in zip(rewards, batch.response_mask, batch.labeler):
       k = int(mask.sum())
       if k < 2:
@@ -131,7 +133,7 @@ def judge_share(rows, *, fraction: float, seed: int):
   return [r for r in rows if r.prompt not in judged], [r for r in rows if r.prompt in judged]
 
 
-def _training_rows(config, data, cfg, mesh, run_dir: str, stage: str):
+def training_rows(config, data, cfg, mesh, run_dir: str, stage: str = "rm"):
   """config.data's rm_train rankings, less the judge RM's share where there is a judge; on
   the testbed, with part of each prompt's responses replaced by the SFT policy's samples
   (ranked again by the same labeler)."""
@@ -160,7 +162,7 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
   model = ScalarModel(cfg)
   buckets = tuple(config.data.buckets)
   eval_rows = data.read("rm_eval", skip_bad_rows=config.data.skip_bad_rows)
-  rows = _training_rows(config, data, cfg, mesh, run_dir, stage)
+  rows = training_rows(config, data, cfg, mesh, run_dir, stage)
   k_max = max(len(r.responses) for r in rows + eval_rows)
   batcher = batching.RankingBatcher(data.tokenizer, buckets=buckets,
                                     max_prompt_len=config.data.max_prompt_len, k_max=k_max)
@@ -176,8 +178,9 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
     return start_from_sft(state, load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh))
 
   def evaluate(state):
-    return ranking_accuracy(model.apply, state.params, eval_rows, eval_batcher, mesh=mesh,
-                            held_out_ids=held_out)
+    return ranking_accuracy(
+        functools.partial(ranking_scores, state.params, apply_fn=model.apply), eval_rows,
+        eval_batcher, mesh=mesh, held_out_ids=held_out)
 
   def exports(state, final_eval):
     sft_batcher = batching.SftBatcher(data.tokenizer, buckets=buckets,

@@ -210,6 +210,20 @@ def adaptive_kl_coef(kl_coef, *, observed_kl, target_kl, horizon, n_steps):
   return kl_coef * (1.0 + error * n_steps / horizon)
 
 
+def k3_kl(*, logprobs, ref_logprobs, response_mask):
+  """Per-token k3 estimate of KL(pi || pi_ref) on tokens sampled from pi (Schulman's
+  "approximating KL" note; GRPO's KL term): r - log r - 1 with r = pi_ref / pi, which is
+  never negative and unbiased. Gradients flow through logprobs. [B, T] -> [B, T], 0 off
+  the response."""
+  _require_same_shape("k3_kl", "logprobs", logprobs=logprobs, ref_logprobs=ref_logprobs,
+                      response_mask=response_mask)
+  in_response = response_mask != 0  # [B, T]
+  # Zero off the response before exp so padding cannot overflow into inf / NaN grads.
+  log_ratio = jnp.where(in_response, jax.lax.stop_gradient(ref_logprobs)
+                        - logprobs.astype(jnp.float32), 0.0)  # [B, T]
+  return jnp.exp(log_ratio) - log_ratio - 1.0
+
+
 def explained_variance(*, values, returns, mask,
                        axis_name: str | tuple[str, ...] | None = None):
   """1 - Var[returns - values] / Var[returns] over the entries where mask != 0.

@@ -3,6 +3,10 @@
 The environment is a bandit: a prompt, a sampled response (step 1, `sampling.generate`),
 the reward model's score at the end. Numbered steps follow the InstructGPT / Ziegler et
 al. recipe; every function here is pure and jit-compiled.
+
+The advantage estimator is a config choice (`ADVANTAGE_ESTIMATORS`): GAE with a value
+model (PPO), or a critic-free group baseline over the G samples drawn for each prompt,
+which needs no value model (RLOO, GRPO).
 """
 
 from __future__ import annotations
@@ -17,6 +21,24 @@ from instructjax import losses, rl, sampling
 from instructjax.models import last_token_value
 
 
+# estimator -> whether it needs a value model
+ADVANTAGE_ESTIMATORS = {"gae": True, "rloo": False, "grpo": False}
+
+
+def check_estimator(advantage: str, group_size: int, *, where: str) -> None:
+  """ValueError naming the field when the estimator is unknown or its group size is
+  wrong: GAE takes one sample per prompt, the group baselines at least two."""
+  if advantage not in ADVANTAGE_ESTIMATORS:
+    raise ValueError(f"{where}.advantage={advantage!r} is not one of "
+                     f"{tuple(ADVANTAGE_ESTIMATORS)}")
+  if advantage == "gae" and group_size != 1:
+    raise ValueError(f"{where}.group_size={group_size}: GAE draws one sample per prompt; "
+                     "set group_size=1 or a critic-free advantage (rloo, grpo)")
+  if advantage != "gae" and group_size < 2:
+    raise ValueError(f"{where}.group_size={group_size}: {advantage} baselines each sample "
+                     "with the other samples of its prompt, so it needs group_size >= 2")
+
+
 @flax.struct.dataclass
 class Rollout:
   """One batch of experience. S = P + N: prompt (left-padded) then response."""
@@ -25,9 +47,9 @@ class Rollout:
   response_mask: jax.Array  # [B, N] int32
   logprobs: jax.Array  # [B, N] policy log-probs at sampling time (temperature-scaled)
   ref_logprobs: jax.Array  # [B, N] the frozen SFT policy's log-probs
-  values: jax.Array  # [B, N] value of the state before each response token
-  advantages: jax.Array  # [B, N] whitened GAE advantages
-  returns: jax.Array  # [B, N] GAE returns (value targets)
+  values: jax.Array  # [B, N] value of the state before each response token (0: no critic)
+  advantages: jax.Array  # [B, N] whitened GAE advantages, or the group baseline's
+  returns: jax.Array  # [B, N] GAE returns (value targets; 0: no critic)
   scores: jax.Array  # [B] normalised RM score, with the no-EOS penalty applied
   raw_scores: jax.Array  # [B] RM score before normalisation
   finished: jax.Array  # [B] bool: the response ended with EOS
@@ -51,12 +73,16 @@ def response_values(apply_fn, params, tokens, token_mask, *, prompt_len: int):
 
 @functools.partial(jax.jit, static_argnames=(
     "policy", "value_model", "reward_model", "temperature", "gamma", "lam",
-    "whiten_rewards", "no_eos_penalty"))
+    "whiten_rewards", "no_eos_penalty", "advantage", "group_size"))
 def score_rollout(params, sample: sampling.SampleOutput, prompt_mask, example_index, kl_coef,
                   *, policy, value_model, reward_model, temperature: float, reward_bias,
-                  gamma: float, lam: float, whiten_rewards: bool, no_eos_penalty: float):
+                  gamma: float, lam: float, whiten_rewards: bool, no_eos_penalty: float,
+                  advantage: str = "gae", group_size: int = 1):
   """Steps 2-6 of the rollout on responses that `sampling.generate` sampled (step 1).
-  params: {'policy', 'value', 'ref', 'reward'}; prompt_mask: [B, P]."""
+  params: {'policy', 'ref', 'reward'} and, for GAE, 'value'; prompt_mask: [B, P].
+  For rloo / grpo, rows come in groups of `group_size` samples of one prompt (rows
+  g*G .. g*G+G-1), and value_model is None."""
+  check_estimator(advantage, group_size, where="score_rollout")
   if sample.softmax_temperature != temperature:
     raise ValueError(
         "the rollout's log-probs and PPO's ratio are those of the full softmax at "
@@ -80,6 +106,15 @@ def score_rollout(params, sample: sampling.SampleOutput, prompt_mask, example_in
       reward_model.apply({"params": params["reward"]}, tokens, token_mask=token_mask),
       token_mask)  # [B]
   scores = jnp.where(sample.finished, raw_scores - reward_bias, no_eos_penalty)
+  if advantage != "gae":
+    advantages = _group_advantages(scores, logprobs, ref_logprobs, response_mask, kl_coef,
+                                   advantage=advantage, group_size=group_size)
+    zeros = jnp.zeros_like(advantages)  # [B, N]: no critic, no value targets
+    return Rollout(tokens=tokens, token_mask=token_mask, response_mask=response_mask,
+                   logprobs=logprobs, ref_logprobs=ref_logprobs, values=zeros,
+                   advantages=advantages, returns=zeros, scores=scores,
+                   raw_scores=raw_scores, finished=sample.finished,
+                   example_index=example_index)
   # 4. Values of each state from the value model (a separate trunk, initialised from RM).
   values = response_values(value_model.apply, params["value"], tokens, token_mask,
                            prompt_len=prompt_len)  # [B, N]
@@ -98,6 +133,20 @@ def score_rollout(params, sample: sampling.SampleOutput, prompt_mask, example_in
                  advantages=advantages, returns=returns, scores=scores,
                  raw_scores=raw_scores, finished=sample.finished,
                  example_index=example_index)
+
+
+def _group_advantages(scores, logprobs, ref_logprobs, response_mask, kl_coef, *,
+                      advantage: str, group_size: int):
+  """Critic-free advantages, one per sample, given to each of its response tokens.
+  A sample's reward is its score less beta * its KL to the reference, as Ahmadian et al.
+  do for RLOO; GRPO's configs set beta = 0 and put the KL in the loss instead
+  (`ppo_step`'s kl_loss_coef), as Shao et al. do. -> [B, N]"""
+  in_response = response_mask != 0  # [B, N]
+  kl = jnp.sum(jnp.where(in_response, logprobs - ref_logprobs, 0.0), axis=1)  # [B]
+  rewards = (scores - kl_coef * kl).reshape(-1, group_size)  # [B / G, G]
+  per_sample = (rl.rloo_advantages(rewards) if advantage == "rloo"
+                else rl.grpo_advantages(rewards))  # [B / G, G]
+  return jnp.where(in_response, per_sample.reshape(-1)[:, None], 0.0)
 
 
 def rollout_stats(rollout: Rollout) -> dict:

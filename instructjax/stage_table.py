@@ -13,7 +13,7 @@ import dataclasses
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Stage:
   name: str  # also the run directory's subdirectory and the checkpoints' tag
-  parents: tuple[str, ...]  # stages whose exports it starts from
+  parents: tuple[str, ...]  # stages whose exports (or, DPO: comparisons) it starts from
   model_section: str  # config section of its architecture
   train_section: str  # config section of its hyperparameters
   program: str  # module that trains it: `python -m <program> --stage=<name>`
@@ -21,6 +21,8 @@ class Stage:
   # reward model that judges the final evaluation, trained on comparisons no other
   # stage sees and never used in PPO.
   judge_only: bool = False
+  # Run only where the config has its train_section (the methods compared with PPO).
+  optional: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
@@ -38,6 +40,14 @@ STAGES: tuple[Stage, ...] = (
           program="instructjax.ppo"),
     Stage(name="ppo_ptx", parents=("sft", "rm"), model_section="model", train_section="ppo",
           program="instructjax.ppo"),
+    # Methods beyond InstructGPT, on the same SFT policy, RM and comparisons; a config
+    # without their section does not run them.
+    Stage(name="dpo", parents=("sft", "rm"), model_section="model", train_section="dpo",
+          program="instructjax.dpo", optional=True),
+    Stage(name="rloo", parents=("sft", "rm"), model_section="model", train_section="rloo",
+          program="instructjax.ppo", optional=True),
+    Stage(name="grpo", parents=("sft", "rm"), model_section="model", train_section="grpo",
+          program="instructjax.ppo", optional=True),
 )
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
@@ -49,7 +59,8 @@ def has_gold(config) -> bool:
 
 def stages_for(config) -> tuple[Stage, ...]:
   """The stages a run of `config` trains, in order."""
-  return tuple(s for s in STAGES if not (s.judge_only and has_gold(config)))
+  return tuple(s for s in STAGES if not (s.judge_only and has_gold(config))
+               and not (s.optional and s.train_section not in config))
 
 
 def stage(name: str) -> Stage:

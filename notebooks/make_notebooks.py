@@ -461,8 +461,9 @@ def begin(state):  # the SFT trunk and a zero scalar head, as the RM stage start
 
 
 def evaluate(state):
-  return reward.ranking_accuracy(model.apply, state.params, eval_rows, eval_batcher,
-                                 mesh=mesh, held_out_ids=held_out)
+  return reward.ranking_accuracy(
+      functools.partial(reward.ranking_scores, state.params, apply_fn=model.apply),
+      eval_rows, eval_batcher, mesh=mesh, held_out_ids=held_out)
 
 
 batches = batching.BatchIterator(rows, ranking_batcher(), batch_size=train.batch_size,

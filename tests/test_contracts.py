@@ -12,9 +12,11 @@ from absl import flags
 
 from instructjax import atomic_write, stage_export, stage_table
 from instructjax.checkpoints import CheckpointError
+from instructjax.configs.instructgpt_tiny import get_config
 from instructjax.evaluation import contestants
 
-PROGRAMS = ("instructjax.sft", "instructjax.reward", "instructjax.ppo", "instructjax.pipeline",
+PROGRAMS = ("instructjax.sft", "instructjax.reward", "instructjax.ppo", "instructjax.dpo",
+            "instructjax.pipeline",
             "instructjax.dry_run", "instructjax.export")
 
 
@@ -38,8 +40,20 @@ def test_stage_table_is_a_graph_in_run_order():
     program = importlib.import_module(stage.program)
     assert stage.name in stage_table.run_by(stage.program)
     assert callable(program.run)
-  with pytest.raises(ValueError, match=r"unknown stage 'dpo'; known: \('pretrain'"):
-    stage_table.stage("dpo")
+  with pytest.raises(ValueError, match=r"unknown stage 'kto'; known: \('pretrain'"):
+    stage_table.stage("kto")
+
+
+def test_optional_stages_run_only_with_their_config_section():
+  config = get_config("test")
+  names = [s.name for s in stage_table.stages_for(config)]
+  assert names[-3:] == ["dpo", "rloo", "grpo"]
+  del config["dpo"], config["grpo"]
+  assert [s.name for s in stage_table.stages_for(config)] == [
+      n for n in names if n not in ("dpo", "grpo")]
+  # Their contestants go with them.
+  assert {c.name for c in contestants.contestants_for(config)} >= {"ppo", "rloo"}
+  assert not {"dpo", "grpo"} & {c.name for c in contestants.contestants_for(config)}
 
 
 def test_every_contestant_is_a_stage_found_by_name():

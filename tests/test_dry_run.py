@@ -60,8 +60,12 @@ def test_every_step_lowers(name, variant):
   config = _load(name, variant)
   config.model.n_layers = 1  # one block stands for all of them
   reports = dry_run_lib.dry_run(config, devices=_devices(), mode="lower", verbose=False)
-  assert list(reports) == ["sft_step", "reward_step", "sample", "score", "ppo_step"]
+  with_dpo = "dpo" in config
+  assert list(reports) == ["sft_step", "reward_step", *(["dpo_step"] * with_dpo), "sample",
+                           "score", "ppo_step"]
   assert not any(r.compiled for r in reports.values())
+  if with_dpo:  # DPO trains the policy alone
+    assert reports.pop("dpo_step").params == reports["sft_step"].params
   sft, rm, sample, score, ppo = reports.values()
   # The PPO state trains a policy (the SFT model) and a value model (the RM with a head
   # bias); the sampler reads the policy; the scorer reads both and their frozen copies
@@ -112,6 +116,16 @@ def test_small_step_compiles_with_a_memory_estimate():
   assert report.memory["arguments"] >= report.state_bytes > 0
   assert report.memory["peak"] >= report.memory["arguments"]
   assert "compile" in report.line() and "memory/device: peak" in report.line()
+
+
+def test_critic_free_ppo_step_trains_the_policy_alone():
+  config = _load("instructgpt_tiny.py")
+  config.ppo.update(advantage="rloo", group_size=4)
+  reports = dry_run_lib.dry_run(config, devices=_devices(), mode="lower", verbose=False,
+                                steps=("sft_step", "reward_step", "score", "ppo_step"))
+  sft, rm, score, ppo = reports.values()
+  assert ppo.params == sft.params
+  assert score.params == 2 * sft.params + rm.params  # policy, reference, reward model
 
 
 def test_mesh_larger_than_the_host_is_abstract():

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from instructjax import ppo, sharding, stage_export
+from instructjax import ppo, sharding, stage_export, stage_table
 from instructjax.checkpoints import CheckpointError
 from instructjax.config import model_config
 from instructjax.data import batching, sources
@@ -32,15 +32,19 @@ def _metrics(stage_dir):
 @pytest.mark.parametrize("stage", ppo.STAGES)
 def test_one_metrics_line_per_iteration(test_run, stage):
   config, run_dir = test_run
+  section = config[stage_table.stage(stage).train_section]
   lines = _metrics(os.path.join(run_dir, stage))
-  assert [line["step"] for line in lines] == list(range(1, config.ppo.iterations + 1))
+  assert [line["step"] for line in lines] == list(range(1, section.iterations + 1))
   required = REQUIRED | ({"ptx_loss"} if stage == "ppo_ptx" else set())
+  if stage in ("rloo", "grpo"):  # no critic
+    required = (required - {"value_loss"}) | ({"kl_loss"} if stage == "grpo" else set())
   for line in lines:
     assert line["stage"] == stage
     assert required <= set(line), f"missing: {sorted(required - set(line))}"
     assert all(math.isfinite(line[key]) for key in required)
-    assert line["kl_coef"] == pytest.approx(config.ppo.kl_coef)  # adaptive_kl is off
+    assert line["kl_coef"] == pytest.approx(section.kl_coef)  # adaptive_kl is off
   assert ("ptx_loss" in lines[0]) == (stage == "ppo_ptx")
+  assert ("value_loss" in lines[0]) == (stage not in ("rloo", "grpo"))
 
 
 @pytest.mark.parametrize("stage", ppo.STAGES)

@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from instructjax.evaluation import report
+from instructjax.evaluation import plots, report
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _EVIL = '<script>alert("x")</script> & a|b *bold* `code`'
@@ -41,6 +41,19 @@ _TOTAL_TIME = 717.0  # hand sum of _STAGE_TIMES
 _COMPILE_TIMES = {"pretrain": 10.0, "ppo_ptx": 25.25}  # "eval" was not measured
 _PLOTS = ("plots/ppo_curves.png", "plots/win_rate_vs_sft.png", "plots/rm_accuracy.png",
           "plots/pretrain_loss.png", "plots/gold_score.png")
+# Results that name the methods compared: two more contestants started from SFT, DPO
+# exported by a stage of another name and RLOO without a "stage" key (its name is its
+# stage). name: (label, gold, train win, held-out win, kl, stage, FLOPs, wall seconds)
+_NEW_METHODS = {
+    "dpo_pl": ("DPO (Plackett-Luce)", 0.52, 0.66, 0.64, 2.1, "dpo", 7.25e12, 42.0),
+    "rloo": ("RLOO", 0.55, 0.68, 0.67, 3.3, None, 4.5e13, 185.0),
+}
+_METHODS = ["sft", "ppo", "ppo_ptx", "dpo_pl", "rloo"]
+# name: (RM score, gold score) of temperature-1 samples; None: not measured
+_SAMPLED = {"vanilla": (-0.8, -0.4), "vanilla_fewshot": (None, None),
+            "vanilla_big": (-0.6, -0.3), "vanilla_big_fewshot": (None, None),
+            "sft": (0.0, 0.33), "ppo": (1.21, 0.57), "ppo_ptx": (1.02, 0.55),
+            "dpo_pl": (0.74, 0.49), "rloo": (0.98, None)}
 
 
 def _stats(rate: float, n: int = 200) -> dict:
@@ -89,10 +102,40 @@ def _fake_results() -> dict:
   }
 
 
+def _with_methods() -> dict:
+  results = _fake_results()
+  models = results["models"]
+  for name, (label, gold, win_train, win_heldout, kl, stage, flops, seconds) in (
+      _NEW_METHODS.items()):
+    models[name] = copy.deepcopy(models["ppo"]) | {
+        "label": label, "gold_score": gold, "kl_to_sft": kl,
+        "win_rate_vs_sft": {"train_labelers": _stats(win_train),
+                            "heldout_labelers": _stats(win_heldout)}}
+    models[name].pop("stage", None)
+    if stage is not None:
+      models[name]["stage"] = stage
+    results["flops"][stage or name] = flops
+    results["stage_times_s"][stage or name] = seconds
+  for name in ("vanilla", "vanilla_fewshot"):
+    models[name]["stage"] = "pretrain"
+  for name in ("vanilla_big", "vanilla_big_fewshot"):
+    models[name]["stage"] = "pretrain_big"
+  for name, (rm, gold) in _SAMPLED.items():
+    models[name] |= {"rm_score_sampled": rm, "gold_score_sampled": gold}
+  results["methods"] = list(_METHODS)
+  return results
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   return workdir, report.write_report(_fake_results(), workdir)
+
+
+@pytest.fixture(scope="module")
+def written_methods(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run_methods"))
+  return workdir, report.write_report(_with_methods(), workdir)
 
 
 def _read(path: str) -> str:
@@ -220,6 +263,86 @@ def test_samples_show_every_model_for_the_same_prompts(written):
         assert f"answer {i} of {label}" in text
 
 
+def _section(markdown: str, heading: str) -> list[str]:
+  """The lines of a '## heading' section, up to the next '## '."""
+  lines = markdown.splitlines()
+  start = lines.index(f"## {heading}")
+  end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("## "))
+  return lines[start + 1:end]
+
+
+def test_results_without_methods_have_no_methods_section(written):
+  _, paths = written
+  assert "plots/frontier.png" not in paths
+  for text in (_read(paths["report.md"]), _read(paths["report.html"])):
+    assert "Methods compared" not in text
+    assert "over-optimisation frontier" not in text
+
+
+def test_methods_add_the_frontier_plot(written_methods):
+  workdir, paths = written_methods
+  assert set(paths) == {*_PLOTS, "plots/frontier.png", "report.md", "report.html",
+                        "claims.json"}
+  with open(paths["plots/frontier.png"], "rb") as f:
+    data = f.read()
+  assert data[:8] == _PNG_MAGIC and data[12:16] == b"IHDR"
+  width, height = struct.unpack(">II", data[16:24])
+  assert width >= 1000 and height >= 400, (width, height)
+  page = _read(paths["report.html"])
+  embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+  assert data in [base64.b64decode(e) for e in embedded] and len(embedded) == 6
+  links = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", _read(paths["report.md"]))
+  assert "plots/frontier.png" in links and len(links) == 6
+
+
+def test_methods_table_shows_each_methods_measurements(written_methods):
+  _, paths = written_methods
+  text = _read(paths["report.md"])
+  headings = [line for line in text.splitlines() if line.startswith("## ")]
+  assert headings.index("## Methods compared") == headings.index("## Models") + 1
+  rows = [line for line in _section(text, "Methods compared") if line.startswith("| ")][1:]
+  assert [row.split(" | ")[0] for row in rows] == [
+      "| SFT", "| PPO", "| PPO-ptx", "| DPO (Plackett-Luce)", "| RLOO"]
+  # The stage named by the model ("dpo"), not the model's name, holds its cost.
+  assert rows[3] == ("| DPO (Plackett-Luce) | 0.520 | 0.66 (0.59–0.73; n=200) | "
+                     "0.64 (0.57–0.71; n=200) | 2.100 | 0.740 | 0.490 | 7.25e+12 | 42.0 s |")
+  assert rows[4].endswith("| 3.300 | 0.980 | n/a | 4.50e+13 | 3 min 5 s |")  # no gold
+  assert rows[1].endswith("| 4.200 | 1.210 | 0.570 | 3.00e+13 | 1 min 30 s |")
+  assert rows[0].endswith("| 0.000 | 0.000 | 0.330 | 1.00e+13 | 30.0 s |")
+  assert "<td>7.25e+12</td><td>42.0 s</td>" in _read(paths["report.html"])
+
+
+def test_method_without_stage_cost_says_na(tmp_path):
+  results = _with_methods()
+  del results["flops"]["rloo"], results["stage_times_s"]["rloo"]
+  text = _read(report.write_report(results, str(tmp_path))["report.md"])
+  row = next(line for line in _section(text, "Methods compared") if line.startswith("| RLOO"))
+  assert row.endswith("| n/a | n/a |")
+
+
+def test_frontier_plots_one_labelled_point_per_measured_model():
+  models = _with_methods()["models"]
+  models["ppo"]["rm_score_sampled"] = math.nan
+  figure = plots.frontier(models, names=["vanilla_fewshot", "sft", "ppo", "dpo_pl", "rloo"])
+  rm_panel, gold_panel = figure.axes
+  assert rm_panel.get_legend_handles_labels()[1] == ["SFT", "DPO (Plackett-Luce)", "RLOO"]
+  assert [tuple(c.get_offsets()[0]) for c in rm_panel.collections] == [
+      (0.0, 0.0), (2.1, 0.74), (3.3, 0.98)]
+  assert gold_panel.get_legend_handles_labels()[1] == ["SFT", "PPO", "DPO (Plackett-Luce)"]
+  assert [tuple(c.get_offsets()[0]) for c in gold_panel.collections] == [
+      (0.0, 0.33), (4.2, 0.57), (2.1, 0.49)]
+  assert plots.to_png(figure)[:8] == _PNG_MAGIC
+
+
+def test_frontier_without_measurements_says_so():
+  models = _fake_results()["models"]  # older results: no sampled scores at all
+  figure = plots.frontier(models, names=["sft", "ppo", "vanilla_fewshot"])
+  for panel in figure.axes:
+    assert not panel.collections
+    assert [t.get_text() for t in panel.texts] == ["no measurements"]
+  assert plots.to_png(figure)[:8] == _PNG_MAGIC
+
+
 def test_unmeasured_values_still_give_a_report(tmp_path):
   results = _fake_results()
   results["claims"][0]["measured"]["value"] = math.nan
@@ -244,6 +367,8 @@ def test_unmeasured_values_still_give_a_report(tmp_path):
     (lambda r: r.pop("flops"), r"results: missing field.*flops"),
     (lambda r: r["ppo_curves"]["ppo"][3].pop("kl_to_ref"),
      r"\['ppo_curves'\]\['ppo'\]\[3\].*kl_to_ref"),
+    (lambda r: r.update(methods=["sft", "ppo", "grpo"]), r"\['methods'\].*'grpo'.*models"),
+    (lambda r: r.update(methods="ppo"), r"\['methods'\].*list"),
 ])
 def test_bad_results_name_the_field(tmp_path, breakage, message):
   results = copy.deepcopy(_fake_results())

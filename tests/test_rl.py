@@ -399,3 +399,16 @@ def test_rl_functions_under_jit_and_vmap():
     single = pipeline(scores[m], logprobs[m], ref[m], values[m], old_values[m], masks[m])
     jax.tree.map(lambda a, b, m=m: np.testing.assert_allclose(a[m], b, atol=1e-5),
                  batched, single)
+
+
+def test_k3_kl_by_hand_and_safe_off_the_response():
+  # pi = 0.5, pi_ref = 0.25: r = 0.5, r - log r - 1 = log 2 - 0.5.
+  logprobs = jnp.array([[np.log(0.5), 200.0]])  # the second position is padding
+  ref = jnp.array([[np.log(0.25), -300.0]])
+  mask = jnp.array([[1, 0]])
+  k3 = rl.k3_kl(logprobs=logprobs, ref_logprobs=ref, response_mask=mask)
+  np.testing.assert_allclose(np.asarray(k3), [[np.log(2.0) - 0.5, 0.0]], rtol=1e-6)
+  grad = jax.grad(lambda lp: jnp.sum(rl.k3_kl(logprobs=lp, ref_logprobs=ref,
+                                              response_mask=mask)))(logprobs)
+  # d/dlogp (e^(ref - logp) - (ref - logp) - 1) = 1 - r = 0.5; padding gets 0, not NaN.
+  np.testing.assert_allclose(np.asarray(grad), [[0.5, 0.0]], rtol=1e-6)

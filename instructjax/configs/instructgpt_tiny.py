@@ -64,12 +64,38 @@ def _ppo():
       max_new_tokens=16,
       whiten_rewards=False,
       no_eos_penalty=-1.0,  # reward for a response that never emits EOS
+      # Advantage estimator: "gae" (PPO, with a value model), or a critic-free group
+      # baseline over group_size samples per prompt, "rloo" or "grpo" (no value model).
+      advantage="gae",
+      group_size=1,  # samples per prompt (1 for GAE)
+      kl_loss_coef=0.0,  # GRPO's KL-to-reference loss term (k3); PPO's KL is in the reward
       ema_decay=0.0,  # EMA of policy weights (paper: 0.992); 0 = off
       grad_clip_norm=1.0,
       checkpoint_every=10,
       keep_checkpoints=2,
       max_consecutive_skips=5,
   ))
+
+
+def _critic_free(advantage: str):
+  """The rloo / grpo section: PPO's, with a group baseline in place of the value model.
+  A rollout of 64 samples holds 16 prompts x 4 samples, so each method sees the same
+  number of samples per iteration as PPO (a quarter of its prompts)."""
+  section = _ppo()
+  section.update(advantage=advantage, group_size=4, ptx_coef=0.0)
+  if advantage == "grpo":
+    # GRPO's KL is a loss term (Shao et al.: 0.04), not a penalty in the reward.
+    section.update(kl_coef=0.0, kl_loss_coef=0.05)
+  return section
+
+
+def _dpo():
+  """The dpo section: offline preference optimisation on the RM's K-wise comparisons
+  (the same rankings, policy samples included), from SFT, with SFT as the reference."""
+  section = _train(steps=150, batch_size=16, lr=1e-4, warmup_steps=10)  # ~2 epochs
+  section.loss = "plackett_luce"  # K-wise; or "dpo" / "ipo" on the ranking's pairs
+  section.coef = 0.1  # beta (dpo, plackett_luce) or tau (ipo); Rafailov et al.: 0.1
+  return section
 
 
 def get_config(variant: str = ""):
@@ -133,6 +159,11 @@ def get_config(variant: str = ""):
   config.rm.judge_fraction = 0.2
 
   config.ppo = _ppo()
+  # Methods beyond InstructGPT, compared with PPO in the same evaluation; delete a
+  # section to skip its stage (instructjax.stage_table).
+  config.dpo = _dpo()
+  config.rloo = _critic_free("rloo")
+  config.grpo = _critic_free("grpo")
   config.eval = ml_collections.ConfigDict(dict(
       prompts=200,  # evaluation prompts per model
       few_shot=3,  # demonstrations in the few-shot prompt of the vanilla LM
@@ -154,8 +185,11 @@ def _quick(config) -> None:
   for section, steps in (("pretrain", 200), ("pretrain_big", 40), ("sft", 150), ("rm", 60)):
     config[section].update(steps=steps, eval_every=steps // 2, checkpoint_every=steps // 2,
                            warmup_steps=10)
-  config.ppo.update(iterations=12, rollout_batch_size=32, minibatch_size=16,
-                    ptx_batch_size=8, lr=3e-4, ptx_coef=1.0, checkpoint_every=6)
+  for section in ("ppo", "rloo", "grpo"):
+    config[section].update(iterations=12, rollout_batch_size=32, minibatch_size=16,
+                           ptx_batch_size=8, lr=3e-4, checkpoint_every=6)
+  config.ppo.ptx_coef = 1.0
+  config.dpo.update(steps=40, eval_every=20, checkpoint_every=20, warmup_steps=5)
   config.eval.prompts = 32
   config.data.testbed.update(pretrain=5_000, pretrain_heldout=200, sft=300, rm_train=300,
                              rm_eval=64, ppo=400, eval=64)
@@ -170,8 +204,12 @@ def _test(config) -> None:
     config[section].update(steps=6, batch_size=8, eval_every=3, checkpoint_every=3,
                            warmup_steps=1)
   # Batches divide the 8 fake CPU devices the tests run on.
-  config.ppo.update(iterations=2, rollout_batch_size=16, minibatch_size=8, ptx_batch_size=8,
-                    max_new_tokens=6, checkpoint_every=1)
+  for section in ("ppo", "rloo", "grpo"):
+    config[section].update(iterations=2, rollout_batch_size=16, minibatch_size=8,
+                           ptx_batch_size=8, max_new_tokens=6, checkpoint_every=1)
+  for section in ("rloo", "grpo"):
+    config[section].group_size = 2  # 8 prompts a rollout, one per fake device
+  config.dpo.update(steps=4, batch_size=8, eval_every=2, checkpoint_every=2, warmup_steps=1)
   config.eval.update(prompts=8, max_new_tokens=6)
   config.data.testbed.update(pretrain=300, pretrain_heldout=20, sft=40, rm_train=40,
                              rm_eval=16, ppo=40, eval=16)

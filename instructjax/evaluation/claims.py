@@ -21,21 +21,34 @@ def training_flops(config: ml_collections.ConfigDict, params: dict[str, int]) ->
   t = config.data.max_len
   small, big = params["model"], params["big_model"]
   k_mean = (config.data.testbed.min_responses + config.data.testbed.max_responses) / 2
-  ppo = config.ppo
-  seq = config.data.max_prompt_len + ppo.max_new_tokens
-  per_iteration = (
-      ppo.rollout_batch_size * seq * small * 2 * 5  # sample, logp, ref, reward, value
-      + ppo.epochs * ppo.rollout_batch_size * seq * small * 6 * 2)  # policy + value update
-  ptx_per_iteration = (ppo.epochs * (ppo.rollout_batch_size // ppo.minibatch_size)
-                       * ppo.ptx_batch_size * t * small * 6)
-  return {
+  flops = {
       "pretrain": 6 * small * config.pretrain.steps * config.pretrain.batch_size * t,
       "pretrain_big": 6 * big * config.pretrain_big.steps * config.pretrain_big.batch_size * t,
       "sft": 6 * small * config.sft.steps * config.sft.batch_size * t,
       "rm": 6 * small * config.rm.steps * config.rm.batch_size * k_mean * t,
-      "ppo": ppo.iterations * per_iteration,
-      "ppo_ptx": ppo.iterations * (per_iteration + ptx_per_iteration),
+      "ppo": _rl_flops(config, config.ppo, small, ptx=False),
+      "ppo_ptx": _rl_flops(config, config.ppo, small, ptx=True),
   }
+  for section in ("rloo", "grpo"):
+    if section in config:
+      flops[section] = _rl_flops(config, config[section], small, ptx=False)
+  if "dpo" in config:  # a policy pass and a reference forward over all K responses
+    flops["dpo"] = (6 + 2) * small * config.dpo.steps * config.dpo.batch_size * k_mean * t
+  return flops
+
+
+def _rl_flops(config, rl: ml_collections.ConfigDict, small: int, *, ptx: bool) -> float:
+  """An RL stage's FLOPs: sampling and scoring forwards (policy, its recomputed log-probs,
+  reference, reward, and the value model when there is one), then the updates."""
+  critic = rl.advantage == "gae"
+  seq = config.data.max_prompt_len + rl.max_new_tokens
+  per_iteration = (
+      rl.rollout_batch_size * seq * small * 2 * (5 if critic else 4)
+      + rl.epochs * rl.rollout_batch_size * seq * small * 6 * (2 if critic else 1))
+  if ptx:
+    per_iteration += (rl.epochs * (rl.rollout_batch_size // rl.minibatch_size)
+                      * rl.ptx_batch_size * config.data.max_len * small * 6)
+  return rl.iterations * per_iteration
 
 
 def evaluate_claims(results: dict[str, Any]) -> list[dict]:

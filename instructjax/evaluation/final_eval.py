@@ -3,12 +3,15 @@
 For the vanilla LMs (small and large, zero-shot and few-shot prompted), SFT, PPO and
 PPO-ptx: greedy answers to held-out prompts, their gold score, their win rate against
 the SFT policy's answers as judged by the simulated labelers (training and held-out
-labelers separately), the KL to SFT on the model's own samples, and the loss on
-held-out pretraining documents (the alignment tax).
+labelers separately), the loss on held-out pretraining documents (the alignment tax),
+and on one temperature-1 sample per prompt: the KL to SFT, the RM's normalised score
+and the gold score (each method's point on the reward-KL frontier). The methods beyond
+InstructGPT (DPO, RLOO, GRPO) are contestants when the run trains them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any, Sequence
@@ -23,7 +26,7 @@ from instructjax.data import batching, records, sources, testbed, tokenize
 from instructjax.evaluation import measures
 from instructjax.evaluation.contestants import (BASELINE, CHAMPION, LABELER_GROUPS, RIVALS,
                                                Contestant, contestant, contestants_for)
-from instructjax.models import CausalLM
+from instructjax.models import CausalLM, ScalarModel, last_token_value
 
 N_SAMPLES = 4  # prompts whose answers the report shows for every model
 
@@ -52,15 +55,33 @@ def _kl_sums(params, ref_params, tokens, token_mask, response_mask, *, policy, r
   return jnp.sum(jnp.where(response_mask > 0, diff, 0.0), axis=-1)
 
 
-def kl_to_reference(policy, params, reference, ref_params, prompts: Sequence[str], tokenizer,
-                    *, prompt_len: int, max_new_tokens: int, mesh, rng) -> float:
-  """Monte-Carlo KL(pi || pi_ref) in nats per response, on temperature-1 samples."""
+@functools.partial(jax.jit, static_argnames="reward_model")
+def _rm_scores(params, tokens, token_mask, *, reward_model):
+  """The RM's raw score of each prompt + response at its last token. -> [B]"""
+  return last_token_value(reward_model.apply({"params": params}, tokens,
+                                             token_mask=token_mask), token_mask)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RewardModel:
+  """The RM the policies were trained against, to score their samples."""
+  model: Any  # a ScalarModel
+  params: Any
+  bias: float  # reward_bias: subtracted, so demonstrations score 0 on average
+
+
+def sampled_measures(policy, params, reference, ref_params, prompts: Sequence[str], tokenizer,
+                     *, prompt_len: int, max_new_tokens: int, mesh, rng,
+                     reward: RewardModel | None = None) -> dict:
+  """On one temperature-1 sample per prompt: the Monte-Carlo KL(pi || pi_ref) in nats
+  per response, the RM's mean normalised score (with `reward`), and the responses.
+  -> {"kl": float, "rm_score": float | None, "responses": [str]}"""
   config = sampling.SamplingConfig(max_new_tokens=max_new_tokens,
                                    eos_id=tokenize.eos_id(tokenizer),
                                    pad_id=tokenize.pad_id(tokenizer))
   batcher = batching.PromptBatcher(tokenizer, buckets=(prompt_len,))
   rows = [records.PromptRecord(p) for p in prompts]
-  kls = []
+  kls, scores, responses = [], [], []
   for i, batch in enumerate(batching.iterate_once(rows, batcher, batch_size=32)):
     real = np.asarray(batch.example_index) >= 0
     batch = sharding.shard_batch(measures.fill_padding_rows(batch), mesh)
@@ -70,7 +91,15 @@ def kl_to_reference(policy, params, reference, ref_params, prompts: Sequence[str
     kl = _kl_sums(params, ref_params, out.tokens, token_mask, out.response_mask,
                   policy=policy, reference=reference, prompt_len=prompt_len)
     kls.extend(np.asarray(kl)[real])
-  return float(np.mean(kls))
+    if reward is not None:
+      raw = _rm_scores(reward.params, out.tokens, token_mask, reward_model=reward.model)
+      scores.extend(np.asarray(raw)[real] - reward.bias)
+    texts = measures.decode_responses(tokenizer, out.tokens[:, prompt_len:],
+                                      out.response_mask, eos_id=tokenize.eos_id(tokenizer))
+    responses.extend(t for t, keep in zip(texts, real) if keep)
+  return {"kl": float(np.mean(kls)),
+          "rm_score": float(np.mean(scores)) if reward is not None else None,
+          "responses": responses}
 
 
 class Models:
@@ -95,8 +124,8 @@ class Models:
 
 def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   """-> the 'models' and 'head_to_head' sections of results.json:
-  models[name] = {label, params, gold_score, pretrain_loss, samples, win_rate_vs_sft
-  [labeler group], kl_to_sft}; head_to_head[rival][labeler group] = CHAMPION's win rate
+  models[name] = {label, stage, params, gold_score, pretrain_loss, samples, win_rate_vs_sft
+  [labeler group], kl_to_sft, rm_score_sampled, gold_score_sampled}; head_to_head[rival][labeler group] = CHAMPION's win rate
   against the rival's answers."""
   data = sources.load_data(config, run_dir)
   bed = data.testbed
@@ -109,6 +138,7 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   judges = {train_group: [l for l in bed.labelers if not l.held_out],
             heldout_group: [l for l in bed.labelers if l.held_out]}
   models = Models(config, run_dir, mesh)
+  reward = _reward_model(config, run_dir, mesh)
   rng = jax.random.PRNGKey(config.seed + 7)
   heldout_docs = data.read("pretrain_heldout")
   answers, results = {}, {}
@@ -120,18 +150,30 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
     results[c.name]["win_rate_vs_sft"] = {
         group: win_rate(examples, answers[c.name], answers[BASELINE], labelers)
         for group, labelers in judges.items()}
-    if c.few_shot:
-      results[c.name]["kl_to_sft"] = None  # its prompts differ from SFT's
+    if c.few_shot:  # its prompts differ from SFT's
+      results[c.name].update(kl_to_sft=None, rm_score_sampled=None, gold_score_sampled=None)
       continue
     model, params = models(c.stage, ema=c.ema)
-    results[c.name]["kl_to_sft"] = kl_to_reference(
+    sampled = sampled_measures(
         model, params, baseline_model, baseline_params, [e.prompt for e in examples],
         data.tokenizer, prompt_len=config.data.max_prompt_len,
-        max_new_tokens=config.eval.max_new_tokens, mesh=mesh, rng=rng)
+        max_new_tokens=config.eval.max_new_tokens, mesh=mesh, rng=rng, reward=reward)
+    results[c.name].update(
+        kl_to_sft=sampled["kl"], rm_score_sampled=sampled["rm_score"],
+        gold_score_sampled=measures.mean_gold_score(examples, sampled["responses"]))
   head_to_head = {rival: {group: win_rate(examples, answers[CHAMPION], answers[rival], labelers)
                           for group, labelers in judges.items()}
                   for rival in RIVALS}
   return {"models": results, "head_to_head": head_to_head}
+
+
+def _reward_model(config, run_dir: str, mesh) -> RewardModel:
+  """The RM the RL stages were trained against, from WORKDIR/rm."""
+  model = ScalarModel(hf_import.resolve_model(config, run_dir, "model"))
+  params, card = stage_export.load_export(
+      os.path.join(run_dir, "rm"), sharding.abstract_params(model, mesh),
+      expected_stages=("rm",))
+  return RewardModel(model=model, params=params, bias=card.reward_bias)
 
 
 def _answer(config, data, c: Contestant, model_and_params, examples, heldout_docs, *, mesh,
@@ -153,7 +195,7 @@ def _answer(config, data, c: Contestant, model_and_params, examples, heldout_doc
       batch_size=32, buckets=(prompt_len,), mesh=mesh, rng=rng)
   doc_batcher = batching.PretrainBatcher(tok, buckets=tuple(config.data.buckets))
   return answers, {
-      "label": c.label, "params": model.config.num_params(),
+      "label": c.label, "stage": c.stage, "params": model.config.num_params(),
       "gold_score": measures.mean_gold_score(examples, answers),
       "pretrain_loss": measures.lm_loss(model.apply, params, heldout_docs, doc_batcher,
                                         batch_size=32, mesh=mesh),

@@ -102,9 +102,9 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   for name, result in results.items():
     c = contestant(name)
     model, params = models(c.stage, ema=c.ema)
-    result["kl_to_sft"] = final_eval.kl_to_reference(
+    result["kl_to_sft"] = final_eval.sampled_measures(
         model, params, sft_model, sft_params, prompts, tok,
         prompt_len=config.data.max_prompt_len, max_new_tokens=config.eval.max_new_tokens,
-        mesh=mesh, rng=rng)
+        mesh=mesh, rng=rng)["kl"]
   accuracy = {judge: card.final_eval.get("accuracy") for judge, (_, card) in judges.items()}
   return {"models": results, "rm_accuracy": accuracy}

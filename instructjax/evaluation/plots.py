@@ -17,6 +17,9 @@ from matplotlib.figure import Figure
 _DPI = 120
 _CURVE_PANELS = (("rm_score", "RM score"), ("gold_score", "Gold score"),
                  ("kl_to_ref", "KL to SFT (nats / response)"))
+# (results key, axis title) of the frontier's panels, all against KL to SFT.
+_FRONTIER_PANELS = (("rm_score_sampled", "RM score (normalised)"),
+                    ("gold_score_sampled", "Gold score"))
 _LABELER_GROUPS = (("train_labelers", "Training labelers", "#4C72B0"),
                    ("heldout_labelers", "Held-out labelers", "#DD8452"))
 
@@ -85,6 +88,36 @@ def ppo_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], *,
       ax.text(0.5, 0.5, "no PPO iterations recorded", ha="center", va="center",
               transform=ax.transAxes)
   figure.suptitle("PPO training curves")
+  return figure
+
+
+def frontier(models: Mapping[str, Mapping[str, Any]], *, names: Sequence[str]) -> Figure:
+  """RM score and gold score of each model's temperature-1 samples against its KL to SFT,
+  one point per model in `names`, named in each panel's legend: where the RM score keeps rising with KL but
+  the gold score does not, the method over-optimises the reward model."""
+  figure = _new_figure(12, 4.8)
+  axes = figure.subplots(1, len(_FRONTIER_PANELS))
+  colors = dict(zip(names, _model_colors(len(names))))
+  markers = {name: "osD^vP*X"[i % 8] for i, name in enumerate(names)}
+  for ax, (key, title) in zip(axes, _FRONTIER_PANELS):
+    for name in names:
+      # Few-shot contestants and older results have no sampled scores: no point.
+      x, y = _number(models[name].get("kl_to_sft")), _number(models[name].get(key))
+      if math.isnan(x) or math.isnan(y):
+        continue
+      # A legend, not labels by the points: methods often land close together.
+      ax.scatter([x], [y], color=colors[name], marker=markers[name], s=60,
+                 label=models[name]["label"])
+    ax.margins(x=0.1, y=0.1)
+    ax.set_title(f"{title} vs KL to SFT")
+    ax.set_xlabel("KL to SFT (nats / response)")
+    ax.set_ylabel(title)
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+      ax.legend(fontsize="small")
+    else:
+      ax.text(0.5, 0.5, "no measurements", ha="center", va="center", transform=ax.transAxes)
+  figure.suptitle("Over-optimisation frontier (temperature-1 samples)")
   return figure
 
 

@@ -3,7 +3,9 @@
 `write_report(results, workdir)` takes the evaluation's results.json (as a dict), checks
 it, and writes into `workdir`:
 
-  plots/*.png    PPO curves, win rates vs SFT, RM accuracy, pretraining loss, gold score
+  plots/*.png    PPO curves, win rates vs SFT, RM accuracy, pretraining loss, gold score,
+                 and where results name the methods compared, their over-optimisation
+                 frontier
   report.md      the report, linking the PNGs
   report.html    the same report with the PNGs embedded (no external resources)
   claims.json    the paper's claims with criteria, measurements and verdicts
@@ -93,6 +95,17 @@ def validate_results(results: Mapping[str, Any]) -> None:
       raise ReportError(f"{where}['reproduced']: expected a bool, got "
                         f"{claim['reproduced']!r}")
     _fields(claim["measured"], (), f"{where}['measured']")
+  if "methods" in results:
+    _check_methods(results["methods"], results["models"])
+
+
+def _check_methods(methods: Any, models: Mapping[str, Any]) -> None:
+  """The methods compared are rows of the methods table: each must be a model."""
+  if not isinstance(methods, (list, tuple)):
+    raise ReportError(f"results['methods']: expected a list, got {type(methods).__name__}")
+  unknown = [name for name in methods if name not in models]
+  if unknown:
+    raise ReportError(f"results['methods']: {unknown} not in results['models']")
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -272,6 +285,38 @@ def _model_blocks(results: Mapping[str, Any]) -> list[Block]:
   return blocks
 
 
+def _method_row(results: Mapping[str, Any], name: str) -> tuple[str, ...]:
+  """Quality, drift from SFT and cost of one method; the cost is its own stage's only."""
+  model = results["models"][name]
+  stage = model.get("stage", name)
+  return (model["label"], number(model["gold_score"]),
+          rate_with_ci(model["win_rate_vs_sft"]["train_labelers"]),
+          rate_with_ci(model["win_rate_vs_sft"]["heldout_labelers"]),
+          number(model["kl_to_sft"]), number(model.get("rm_score_sampled")),
+          number(model.get("gold_score_sampled")), _sci(results["flops"].get(stage)),
+          _seconds(results["stage_times_s"].get(stage)))
+
+
+def _method_blocks(results: Mapping[str, Any]) -> list[Block]:
+  """The alignment methods started from SFT side by side; none for results that do not
+  name them (runs from before they were compared)."""
+  if "methods" not in results:
+    return []
+  return [
+      Heading(2, "Methods compared"),
+      Paragraph("Each method starts from SFT. Gold score and win rates are on its greedy "
+                "answers to the evaluation prompts; KL to SFT, RM score (normalised) and "
+                "gold score (samples) are on its temperature-1 samples of the same "
+                "prompts, one point of the over-optimisation frontier. Training FLOPs and "
+                "wall time are the method's own stage only (not SFT's or the reward "
+                "model's)."),
+      Table(("Method", "Gold score (greedy)", "Win vs SFT, training labelers (95% CI; n)",
+             "Win vs SFT, held-out labelers (95% CI; n)", "KL to SFT", "RM score (samples)",
+             "Gold score (samples)", "Training FLOPs", "Wall time"),
+            [_method_row(results, name) for name in results["methods"]]),
+  ]
+
+
 def _reward_model_blocks(accuracy: Mapping[str, float]) -> list[Block]:
   return [
       Heading(2, "Reward model"),
@@ -317,23 +362,35 @@ _FIGURES = (
                     "labelers."),
     ("pretrain_loss", "Held-out pretraining loss per model (the alignment tax)."),
     ("gold_score", "Mean gold score per model."),
+    ("frontier", "RM score and gold score of each method's temperature-1 samples against "
+                 "its KL to SFT: the over-optimisation frontier."),
 )
+
+
+def _figure_captions(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+  """(name, caption) of the figures this report has, in order: the frontier only where
+  results name the methods compared (older results lack its measurements). Both the
+  images drawn and the Image blocks come from here, so each block has its image."""
+  return [(name, caption) for name, caption in _FIGURES
+          if name != "frontier" or "methods" in results]
 
 
 def _figures(results: Mapping[str, Any]) -> dict[str, bytes]:
   models = results["models"]
   labels = {name: _label(models, name) for name in results["ppo_curves"]}
-  figures = {
-      "ppo_curves": plots.ppo_curves(results["ppo_curves"], labels=labels),
-      "win_rate_vs_sft": plots.win_rates(models),
-      "rm_accuracy": plots.rm_accuracy(results["rm_accuracy"]),
-      "pretrain_loss": plots.model_bars(
+  draw = {
+      "ppo_curves": lambda: plots.ppo_curves(results["ppo_curves"], labels=labels),
+      "win_rate_vs_sft": lambda: plots.win_rates(models),
+      "rm_accuracy": lambda: plots.rm_accuracy(results["rm_accuracy"]),
+      "pretrain_loss": lambda: plots.model_bars(
           models, key="pretrain_loss", ylabel="Held-out NLL (nats / token)",
           title="Pretraining loss per model (alignment tax)"),
-      "gold_score": plots.model_bars(models, key="gold_score", ylabel="Mean gold score",
-                                     title="Gold score per model"),
+      "gold_score": lambda: plots.model_bars(models, key="gold_score",
+                                             ylabel="Mean gold score",
+                                             title="Gold score per model"),
+      "frontier": lambda: plots.frontier(models, names=results["methods"]),
   }
-  return {name: plots.to_png(figure) for name, figure in figures.items()}
+  return {name: plots.to_png(draw[name]()) for name, _ in _figure_captions(results)}
 
 
 def _sample_blocks(models: Mapping[str, Any]) -> list[Block]:
@@ -365,10 +422,11 @@ def report_blocks(results: Mapping[str, Any]) -> list[Block]:
       Paragraph(_summary(results)),
       *_claim_blocks(results["claims"]),
       *_model_blocks(results),
+      *_method_blocks(results),
       *_reward_model_blocks(results["rm_accuracy"]),
       *_compute_blocks(results),
       Heading(2, "Plots"),
-      *[Image(name, caption) for name, caption in _FIGURES],
+      *[Image(name, caption) for name, caption in _figure_captions(results)],
       *_sample_blocks(results["models"]),
       Heading(2, "Config"),
       Collapsed("Config of this run (click to expand)",
@@ -502,8 +560,8 @@ def write_report(results: dict, workdir: str) -> dict[str, str]:
 
   Returns {path relative to workdir: absolute path} of every file written:
   'report.md', 'report.html', 'claims.json' and 'plots/<name>.png' for ppo_curves,
-  win_rate_vs_sft, rm_accuracy, pretrain_loss, gold_score. Raises ReportError if
-  results lacks a field the report needs.
+  win_rate_vs_sft, rm_accuracy, pretrain_loss, gold_score, and frontier where results
+  has "methods". Raises ReportError if results lacks a field the report needs.
   """
   validate_results(results)
   os.makedirs(os.path.join(workdir, PLOTS_DIR), exist_ok=True)

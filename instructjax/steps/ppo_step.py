@@ -1,10 +1,14 @@
 """Stage 3: one PPO(-ptx) optimizer step on a minibatch of a rollout.
 
 loss = clipped policy loss + vf_coef * clipped value loss + ptx_coef * pretraining NLL
+       + kl_loss_coef * KL(pi || pi_ref)
 
-The last term is PPO-ptx's gamma * E_pretrain[log pi(x)] (maximised, so its negative is
+The ptx term is PPO-ptx's gamma * E_pretrain[log pi(x)] (maximised, so its negative is
 minimised); ptx_coef = 0 is plain PPO. Policy and value are separate trunks held in one
-train state ({'policy', 'value'}) and updated by one optimizer step.
+train state ({'policy', 'value'}) and updated by one optimizer step. With a critic-free
+advantage (RLOO, GRPO) there is no value model: value_model=None, params = {'policy'}.
+The KL term is GRPO's, the k3 estimator on the rollout's tokens; PPO and RLOO put their
+KL penalty in the reward instead (kl_loss_coef = 0).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from instructjax.train_state import TrainState
 
 
 class PPOState(TrainState):
-  """params = {'policy', 'value'}; plus the EMA of the policy ({} when off) and the KL
+  """params = {'policy', 'value'} ({'policy'} without a critic); plus the EMA of the policy ({} when off) and the KL
   coefficient."""
   ema_policy: dict
   kl_coef: jax.Array  # [] float32, beta
@@ -35,7 +39,7 @@ def _global_count(mask, axis_name):
 def ppo_step(state: PPOState, rollout: Rollout, ptx_batch: TokenBatch | None, *,
              policy, value_model, prompt_len: int, temperature: float, clip_eps: float,
              value_clip: float, vf_coef: float, ptx_coef: float, ema_decay: float = 0.0,
-             axis_name: str | None = None):
+             kl_loss_coef: float = 0.0, axis_name: str | None = None):
   """-> (new_state, metrics). Pure; jit it with shardings or pmap it with axis_name.
 
   Every mean is a sum divided by a count taken over the whole (global) batch, so the
@@ -50,17 +54,25 @@ def ppo_step(state: PPOState, rollout: Rollout, ptx_batch: TokenBatch | None, *,
     _, pg = rl.ppo_policy_loss(logprobs=logprobs, old_logprobs=rollout.logprobs,
                                advantages=rollout.advantages,
                                response_mask=rollout.response_mask, clip_eps=clip_eps)
-    values = response_values(value_model.apply, params["value"], rollout.tokens,
-                             rollout.token_mask, prompt_len=prompt_len)  # [B, N]
-    _, vf = rl.ppo_value_loss(values=values, old_values=rollout.values,
-                              returns=rollout.returns, response_mask=rollout.response_mask,
-                              clip_range=value_clip)
     entropy = losses.masked_sum(losses.token_entropy(logits), rollout.response_mask)
-    loss = (pg["loss_sum"] + vf_coef * vf["loss_sum"]) / n_response
-    metrics = {"policy_loss": pg["loss_sum"], "value_loss": vf["loss_sum"],
-               "clipfrac": pg["clipfrac_sum"], "approx_kl": pg["approx_kl_sum"],
-               "ratio": pg["ratio_sum"], "value_clipfrac": vf["clipfrac_sum"],
-               "entropy": entropy}
+    loss_sum = pg["loss_sum"]
+    metrics = {"policy_loss": pg["loss_sum"], "clipfrac": pg["clipfrac_sum"],
+               "approx_kl": pg["approx_kl_sum"], "ratio": pg["ratio_sum"], "entropy": entropy}
+    if value_model is not None:
+      values = response_values(value_model.apply, params["value"], rollout.tokens,
+                               rollout.token_mask, prompt_len=prompt_len)  # [B, N]
+      _, vf = rl.ppo_value_loss(values=values, old_values=rollout.values,
+                                returns=rollout.returns,
+                                response_mask=rollout.response_mask, clip_range=value_clip)
+      loss_sum = loss_sum + vf_coef * vf["loss_sum"]
+      metrics.update(value_loss=vf["loss_sum"], value_clipfrac=vf["clipfrac_sum"])
+    if kl_loss_coef > 0:
+      kl_sum = losses.masked_sum(
+          rl.k3_kl(logprobs=logprobs, ref_logprobs=rollout.ref_logprobs,
+                   response_mask=rollout.response_mask), rollout.response_mask)
+      loss_sum = loss_sum + kl_loss_coef * kl_sum
+      metrics["kl_loss"] = kl_sum
+    loss = loss_sum / n_response
     metrics = {k: v / n_response for k, v in metrics.items()}
     if ptx_batch is not None and ptx_coef > 0:
       ptx_logits = policy.apply({"params": params["policy"]}, ptx_batch.tokens,

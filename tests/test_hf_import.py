@@ -138,8 +138,8 @@ def test_export_refuses_what_does_not_exist(checkpoint, tmp_path):
   sft.run(_config(ckpt, data_dir), str(tmp_path), stage="pretrain")
   with pytest.raises(ValueError, match="'rm' is a reward model: only PPO keeps an EMA"):
     export_lib.export(str(tmp_path), "rm", str(tmp_path / "out"), ema=True)
-  with pytest.raises(ValueError, match="unknown stage 'dpo'"):
-    export_lib.export(str(tmp_path), "dpo", str(tmp_path / "out"))
+  with pytest.raises(ValueError, match="unknown stage 'kto'"):
+    export_lib.export(str(tmp_path), "kto", str(tmp_path / "out"))
   with pytest.raises(Exception, match="no finished stage export"):
     export_lib.export(str(tmp_path), "pretrain", str(tmp_path / "out"), ema=True)
 

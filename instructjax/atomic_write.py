@@ -1,7 +1,8 @@
 """Whole-file writes: a reader sees the old file or the complete new one, never a part.
 
 Every file outside Orbax that a run rereads (stage times, results, cards, caches, the
-report) goes through here, so a kill mid-write cannot leave a truncated file behind.
+report) goes through here, so a kill mid-write cannot leave a truncated file behind. In
+a multi-host run only process 0 writes them: the others hold the same content.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ import os
 import tempfile
 from typing import Any
 
+import jax
+
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-  """Writes data to a temporary file beside path, then renames it over path."""
+  """Writes data to a temporary file beside path, then renames it over path (on process
+  0 of a multi-host run; the others return)."""
+  if jax.process_index() != 0:
+    return
   path = os.fspath(path)
   directory = os.path.dirname(path) or "."
   os.makedirs(directory, exist_ok=True)

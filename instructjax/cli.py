@@ -1,5 +1,5 @@
-"""The stage programs' command line: --config (ml_collections), --workdir, --distributed,
---stage. Nothing here runs at import: the flags are defined by `main`, which only a
+"""The stage programs' command line: --config (ml_collections), --workdir, --distributed
+(with --coordinator_address, --num_processes, --process_id), --stage. Nothing here runs at import: the flags are defined by `main`, which only a
 program's `python -m` entry point calls. Overrides follow the config file:
 --config.sft.lr=3e-4. An override of a field the config does not have stops the program
 before anything runs, with a one-line message naming the section and its fields."""
@@ -11,12 +11,11 @@ import re
 import sys
 from typing import Any, Callable, Sequence
 
-import jax
 import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from instructjax import compile_time
+from instructjax import compile_time, multihost
 from instructjax.config import DEFAULT_CONFIG, check_workdir, load_config, validate
 
 
@@ -94,8 +93,18 @@ def main(run: Callable[..., Any], *, stages: Sequence[str] = (),
   config_flag = define_config_flag()
   workdir_flag = flags.DEFINE_string("workdir", "runs/demo", "the run's directory")
   distributed_flag = flags.DEFINE_bool(
-      "distributed", False, "multi-host run: call jax.distributed.initialize() first (it "
-      "reads the coordinator from the TPU / SLURM / JAX_COORDINATOR_ADDRESS environment)")
+      "distributed", False, "multi-host run: join the other processes with "
+      "jax.distributed.initialize() first (the coordinator, process count and id come "
+      "from the flags below or from the TPU / SLURM / JAX_COORDINATOR_ADDRESS environment)")
+  coordinator_flag = flags.DEFINE_string(
+      "coordinator_address", None, "with --distributed: host:port of process 0")
+  processes_flag = flags.DEFINE_integer("num_processes", None,
+                                        "with --distributed: how many processes")
+  process_id_flag = flags.DEFINE_integer("process_id", None,
+                                         "with --distributed: this process's index")
+  timeout_flag = flags.DEFINE_integer(
+      "coordinator_timeout_s", 120, "with --distributed: how long to wait for every "
+      "process to join before giving up with an error")
   stage_flag = None
   if stages:
     stage_flag = flags.DEFINE_enum("stage", default_stage, list(stages),
@@ -105,15 +114,19 @@ def main(run: Callable[..., Any], *, stages: Sequence[str] = (),
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if distributed_flag.value:
-      jax.distributed.initialize()
-    config = config_flag.value
-    validate(config)
-    workdir = check_workdir(workdir_flag.value)
-    compile_time.use_persistent_cache(workdir)  # a rerun or resume skips compiling
-    if stage_flag is None:
-      run(config, workdir)
-    else:
-      run(config, workdir, stage=stage_flag.value)
+      multihost.start(coordinator_address=coordinator_flag.value,
+                      num_processes=processes_flag.value, process_id=process_id_flag.value,
+                      initialization_timeout_s=timeout_flag.value)
+    with multihost.fail_fast():
+      config = config_flag.value
+      validate(config)
+      multihost.check_same_config(config)
+      workdir = check_workdir(workdir_flag.value)
+      compile_time.use_persistent_cache(workdir)  # a rerun or resume skips compiling
+      if stage_flag is None:
+        run(config, workdir)
+      else:
+        run(config, workdir, stage=stage_flag.value)
   # absl.app defines flags of its own (--pdb, profiling) when imported: only here.
   from absl import app  # pylint: disable=import-outside-toplevel
   app.run(program)

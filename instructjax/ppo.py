@@ -37,7 +37,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from instructjax import cli, hf_import, rl, sampling, sharding, stage_export, stage_table
+from instructjax import (cli, hf_import, multihost, rl, sampling, sharding, stage_export,
+                         stage_table)
 from instructjax.config import ConfigError
 from instructjax.data import batching, sources, testbed, tokenize
 from instructjax.data.batches import PromptBatch
@@ -163,10 +164,11 @@ def collect(state: PPOState, batch, rng, *, experience: Experience):
   rollout = experience.score(frozen, sample, batch.prompt_mask, batch.example_index,
                              state.kl_coef)
   stats = to_floats(_rollout_stats(rollout))
-  # One copy to the host; minibatches are cut there and placed back on the mesh.
-  # (Gathering them op by op on sharded arrays launched dozens of tiny collective
-  # programs per iteration, slow and, on faked CPU devices, prone to stalls.)
-  rollout = jax.device_get(rollout)
+  # One copy to the host, every row on every process; minibatches are cut there, the
+  # same on every process, and placed back on the mesh. (Gathering them op by op on
+  # sharded arrays launched dozens of tiny collective programs per iteration, slow and,
+  # on faked CPU devices, prone to stalls.)
+  rollout = multihost.to_host(rollout)
   times = {"time_sample_s": t_sample, "time_score_s": time.time() - t0 - t_sample}
   if experience.gold is not None:
     stats["gold_score"] = experience.gold(rollout)
@@ -183,7 +185,8 @@ def update(state: PPOState, rollout: Rollout, *, step, ptx, mesh,
     permutation = order.permutation(ppo.rollout_batch_size)
     for m in range(ppo.rollout_batch_size // size):
       idx = permutation[m * size:(m + 1) * size]
-      minibatch = sharding.shard_batch(jax.tree.map(lambda x, i=idx: x[i], rollout), mesh)
+      minibatch = sharding.shard_global_batch(jax.tree.map(lambda x, i=idx: x[i], rollout),
+                                              mesh)
       ptx_batch = sharding.shard_batch(next(ptx), mesh) if ptx is not None else None
       state, step_metrics = step(state, minibatch, ptx_batch)
       metrics.append(step_metrics)

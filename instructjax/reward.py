@@ -21,7 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from instructjax import cli, comparisons, hf_import, sharding, stage_export, stage_table
+from instructjax import (cli, comparisons, hf_import, multihost, sharding, stage_export,
+                         stage_table)
 from instructjax.data import batching, sources
 from instructjax.data.batches import TokenBatch
 from instructjax.models import CausalLM, ScalarModel, last_token_value
@@ -60,8 +61,11 @@ def ranking_accuracy(score, rows, batcher, *, mesh, held_out_ids=frozenset(),
   correct = {"train_labelers": 0, "heldout_labelers": 0}
   total = {"train_labelers": 0, "heldout_labelers": 0}
   for batch in batching.iterate_once(rows, batcher, batch_size=batch_size):
-    rewards = np.asarray(score(sharding.shard_batch(batch, mesh)))  # [B, K]
-    for r, mask, labeler in zip(rewards, batch.response_mask, batch.labeler):
+    batch = sharding.shard_batch(batch, mesh)
+    # [B, K], [B, K], [B]: every row on every process
+    rewards, masks, labelers = multihost.to_host(
+        (score(batch), batch.response_mask, batch.labeler))
+    for r, mask, labeler in zip(rewards, masks, labelers):
       k = int(mask.sum())
       if k < 2:
         continue
@@ -78,9 +82,10 @@ def demonstration_rewards(apply_fn, params, rows, batcher, *, mesh) -> np.ndarra
   """The RM's reward of every demonstration (prompt + response + EOS). -> [N]"""
   values = []
   for batch in batching.iterate_once(rows, batcher, batch_size=16):
-    r = np.asarray(sequence_rewards(params, sharding.shard_batch(batch, mesh),
-                                     apply_fn=apply_fn))
-    values.extend(r[np.asarray(batch.token_mask).sum(-1) > 0])
+    batch = sharding.shard_batch(batch, mesh)
+    r, token_mask = multihost.to_host(
+        (sequence_rewards(params, batch, apply_fn=apply_fn), batch.token_mask))
+    values.extend(r[token_mask.sum(-1) > 0])
   return np.asarray(values, np.float64)
 
 

@@ -249,12 +249,23 @@ def _check_inputs(model: CausalLM, prompt_tokens, prompt_mask, config: SamplingC
   if isinstance(prompt_mask, jax.core.Tracer):
     return  # inside a caller's jit (e.g. the dry run's): values are not known here
   # Checked on the host: a [B, P] mask is small, and eager device ops would each compile.
-  real = np.asarray(prompt_mask) > 0  # [B, P]
-  empty = np.flatnonzero(~real.any(axis=-1))
+  # Of a global array spanning several processes, each checks the rows it holds.
+  if isinstance(prompt_mask, jax.Array) and not prompt_mask.is_fully_addressable:
+    for shard in prompt_mask.addressable_shards:
+      _check_mask(np.asarray(shard.data), first_row=shard.index[0].start or 0)
+  else:
+    _check_mask(np.asarray(prompt_mask))
+
+
+def _check_mask(mask: np.ndarray, *, first_row: int = 0) -> None:
+  """ValueError naming the rows (first_row + local index) of mask [B, P] that have no
+  real token or are not left-padded."""
+  real = mask > 0  # [B, P]
+  empty = first_row + np.flatnonzero(~real.any(axis=-1))
   if empty.size:
     raise ValueError(f"prompt rows {empty.tolist()} have no real token (prompt_mask all 0)")
   # Left padding: once a row has a real token, every later column is real.
-  not_left = np.flatnonzero((real[:, :-1] & ~real[:, 1:]).any(axis=-1))
+  not_left = first_row + np.flatnonzero((real[:, :-1] & ~real[:, 1:]).any(axis=-1))
   if not_left.size:
     raise ValueError(
         f"prompt rows {not_left.tolist()} are not left-padded (padding after a real token); "

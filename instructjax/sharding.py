@@ -168,6 +168,16 @@ def shard_batch(batch, mesh: Mesh):
   return jax.tree.map(put, batch)
 
 
+def shard_global_batch(batch, mesh: Mesh):
+  """Places a batch that every process holds whole (numpy leaves, all rows) on the mesh:
+  each device takes its own rows, so nothing is sent between hosts."""
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim),
+                                        lambda index: x[index])
+  return jax.tree.map(put, batch)
+
+
 def check_batch_divides(global_batch_size: int, mesh: Mesh, *, field: str) -> None:
   ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch_size % ways:

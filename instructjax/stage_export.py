@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from instructjax.atomic_write import write_json
+from instructjax import multihost
 from instructjax.checkpoints import CheckpointError
 
 CARD = "export.json"
@@ -71,6 +72,7 @@ def save_export(workdir: str, params: Any, card: ExportCard) -> None:
     for leftover in (staging, retired):  # from a killed or failed earlier save
       if os.path.exists(leftover):
         shutil.rmtree(leftover)
+  multihost.barrier("export_staging_clean")
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(staging, "params"), params)
   checkpointer.wait_until_finished()
@@ -80,6 +82,7 @@ def save_export(workdir: str, params: Any, card: ExportCard) -> None:
       os.rename(export_dir, retired)
     os.rename(staging, export_dir)
     shutil.rmtree(retired, ignore_errors=True)
+  multihost.barrier("export_done")  # no process reads it before it is in place
 
 
 def read_card(workdir: str, *, expected_stages: Iterable[str]) -> ExportCard:

@@ -20,10 +20,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The longest files start first, so that with `pytest -n 2 --dist loadfile
 # --no-loadscope-reorder` (xdist would otherwise order files by test count) the two
 # workers finish together instead of one running the end-to-end tests alone at the end.
-# test_resume.py builds the session's test_run first, which test_ppo_program.py and
-# test_notebooks.py then read.
-_SLOW_FIRST = ("test_pipeline.py", "test_resume.py", "test_smoke_pipelines.py",
-               "test_steps_sharded.py", "test_ppo_step.py", "test_ppo_program.py",
+# test_multihost.py or test_resume.py builds the session's test_run first, which
+# test_ppo_program.py and test_notebooks.py then read.
+_SLOW_FIRST = ("test_multihost.py", "test_pipeline.py", "test_resume.py",
+               "test_smoke_pipelines.py", "test_steps_sharded.py", "test_ppo_step.py", "test_ppo_program.py",
                "test_notebooks.py")
 
 

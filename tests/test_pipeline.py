@@ -117,25 +117,24 @@ def test_ppo_ptx_also_raises_the_reward(quick_run):
 
 def test_methods_beyond_ppo_are_judged_alongside_it(quick_run):
   _, run_dir, results = quick_run
-  assert results["methods"] == ["sft", "ppo", "ppo_ptx", "dpo", "rloo", "grpo"]
+  assert results["methods"] == ["sft", "ppo", "ppo_ptx", "dpo", "rloo"]  # no grpo in :quick
   models = results["models"]
   for name in results["methods"]:
     for key in ("kl_to_sft", "rm_score_sampled", "gold_score_sampled"):
       assert isinstance(models[name][key], float), (name, key)
   # The RL methods raise the RM score of their samples over SFT's, on held-out prompts.
-  for name in ("ppo", "rloo", "grpo"):
+  for name in ("ppo", "rloo"):
     assert models[name]["rm_score_sampled"] > models["sft"]["rm_score_sampled"] + 0.1, name
     assert 0.0 < models[name]["kl_to_sft"] < 10.0, name
   assert os.path.getsize(os.path.join(run_dir, "plots", "frontier.png")) > 100
-  for stage in ("dpo", "rloo", "grpo"):
+  for stage in ("dpo", "rloo"):
     assert results["flops"][stage] > 0
 
 
 def test_critic_free_rl_raises_the_reward_during_training(quick_run):
   _, run_dir, _ = quick_run
-  for stage in ("rloo", "grpo"):
-    rm_start, rm_end = _start_and_end(_ppo_metrics(run_dir, stage), "rm_score")
-    assert rm_end > rm_start + 0.2, (stage, rm_start, rm_end)
+  rm_start, rm_end = _start_and_end(_ppo_metrics(run_dir, "rloo"), "rm_score")
+  assert rm_end > rm_start + 0.2, (rm_start, rm_end)
 
 
 def test_rerun_reuses_finished_stages(quick_run, capsys):

@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 import transformers
 
+from instructjax import multihost
 from instructjax.atomic_write import write_json
 from instructjax.data import prompt_splits, records, tokenize
 from instructjax.data import testbed as testbed_lib
@@ -103,12 +104,23 @@ def text_sources(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, s
   return {split: what for split, what in card.get("stand_ins", {}).items() if what}
 
 
+def _once(prepare):
+  """prepare() on process 0 first, which writes the files; then, once they are there, on
+  the others, which find and read them. -> what prepare returns."""
+  if multihost.is_writer():
+    out = prepare()
+    multihost.barrier("data_prepared")
+    return out
+  multihost.barrier("data_prepared")
+  return prepare()
+
+
 def load_data(config: ml_collections.ConfigDict, run_dir: str) -> DataSource:
   """The data of a run rooted at run_dir, checked against the model's vocabulary."""
   bed = None
   if config.data.source == "testbed":
     directory = config.data.dir or os.path.join(run_dir, "testbed")
-    bed = prepare_testbed(config, directory)
+    bed = _once(lambda: prepare_testbed(config, directory))
     tokenizer_dir = config.data.tokenizer or os.path.join(directory, "tokenizer")
   elif config.data.source == "jsonl":
     directory = config.data.dir
@@ -119,7 +131,7 @@ def load_data(config: ml_collections.ConfigDict, run_dir: str) -> DataSource:
     tokenizer_dir = config.data.tokenizer
   elif config.data.source == "tfds":
     directory = config.data.dir or os.path.join(run_dir, "data")
-    prompt_splits.prepare_splits(config.data, directory)
+    _once(lambda: prompt_splits.prepare_splits(config.data, directory))
     tokenizer_dir = config.data.tokenizer
   else:
     raise ValueError(f"config.data.source={config.data.source!r} is not 'testbed' or 'jsonl' "

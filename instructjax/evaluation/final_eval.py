@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import hf_import, losses, sampling, sharding, stage_export, stage_table
+from instructjax import (hf_import, losses, multihost, sampling, sharding, stage_export,
+                         stage_table)
 from instructjax.data import batching, records, sources, testbed, tokenize
 from instructjax.evaluation import measures
 from instructjax.evaluation.contestants import (BASELINE, CHAMPION, LABELER_GROUPS, RIVALS,
@@ -83,19 +84,22 @@ def sampled_measures(policy, params, reference, ref_params, prompts: Sequence[st
   rows = [records.PromptRecord(p) for p in prompts]
   kls, scores, responses = [], [], []
   for i, batch in enumerate(batching.iterate_once(rows, batcher, batch_size=32)):
-    real = np.asarray(batch.example_index) >= 0
     batch = sharding.shard_batch(measures.fill_padding_rows(batch), mesh)
     out = sampling.generate(policy, params, batch.prompt_tokens, batch.prompt_mask,
                             jax.random.fold_in(rng, i), config=config)
     token_mask = jnp.concatenate([batch.prompt_mask, out.response_mask], axis=1)
     kl = _kl_sums(params, ref_params, out.tokens, token_mask, out.response_mask,
                   policy=policy, reference=reference, prompt_len=prompt_len)
-    kls.extend(np.asarray(kl)[real])
+    # Every row on every process (a multi-host run), in the prompts' order.
+    real, kl, tokens, response_mask = multihost.to_host(
+        (batch.example_index >= 0, kl, out.tokens, out.response_mask))
+    kls.extend(kl[real])
     if reward is not None:
-      raw = _rm_scores(reward.params, out.tokens, token_mask, reward_model=reward.model)
-      scores.extend(np.asarray(raw)[real] - reward.bias)
-    texts = measures.decode_responses(tokenizer, out.tokens[:, prompt_len:],
-                                      out.response_mask, eos_id=tokenize.eos_id(tokenizer))
+      raw = multihost.to_host(_rm_scores(reward.params, out.tokens, token_mask,
+                                         reward_model=reward.model))
+      scores.extend(raw[real] - reward.bias)
+    texts = measures.decode_responses(tokenizer, tokens[:, prompt_len:], response_mask,
+                                      eos_id=tokenize.eos_id(tokenizer))
     responses.extend(t for t, keep in zip(texts, real) if keep)
   return {"kl": float(np.mean(kls)),
           "rm_score": float(np.mean(scores)) if reward is not None else None,

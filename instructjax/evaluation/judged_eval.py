@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from instructjax import hf_import, reward, sharding, stage_export
+from instructjax import hf_import, multihost, reward, sharding, stage_export
 from instructjax.data import batching, records, sources
 from instructjax.evaluation import final_eval, measures
 from instructjax.evaluation.contestants import BASELINE, contestant, contestants_for
@@ -48,7 +48,7 @@ def score_answers(model: ScalarModel, params, prompts: Sequence[str], answers: S
   rows = [records.SftRecord(p, a) for p, a in zip(prompts, answers)]
   scores = []
   for batch in batching.iterate_once(rows, batcher, batch_size=32):
-    scores.extend(np.asarray(reward.sequence_rewards(
+    scores.extend(multihost.to_host(reward.sequence_rewards(
         params, sharding.shard_batch(batch, mesh), apply_fn=model.apply)))
   return np.asarray(scores[:len(rows)])
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from instructjax import losses, sampling, sharding
+from instructjax import losses, multihost, sampling, sharding
 from instructjax.data import batching, records, testbed, tokenize
 from instructjax.data.batches import PromptBatch
 
@@ -64,11 +64,12 @@ def sample_responses_and_ends(model, params, prompts: Sequence[str], tokenizer, 
   ends: list[bool] = []
   for i, batch in enumerate(batching.iterate_once(rows, batcher, batch_size=batch_size)):
     batch = sharding.shard_batch(fill_padding_rows(batch), mesh)
-    result = sampling.generate(model, params, batch.prompt_tokens, batch.prompt_mask,
-                               jax.random.fold_in(rng, i), config=sampling_config)
+    result = multihost.to_host(sampling.generate(
+        model, params, batch.prompt_tokens, batch.prompt_mask, jax.random.fold_in(rng, i),
+        config=sampling_config))  # every process decodes every row
     texts.extend(decode_responses(tokenizer, result.response_tokens, result.response_mask,
                                   eos_id=sampling_config.eos_id))
-    ends.extend(bool(f) for f in np.asarray(result.finished))
+    ends.extend(bool(f) for f in result.finished)
   return texts[:len(prompts)], ends[:len(prompts)]
 
 

@@ -129,11 +129,15 @@ def fail_fast():
   except BaseException as error:  # pylint: disable=broad-except
     message = (f"process {jax.process_index()}: {type(error).__name__}: {error}\n"
                + "".join(traceback.format_exception(error)))
+    print(message, file=sys.stderr, flush=True)
     try:
       client.key_value_set(FIRST_ERROR_KEY, message)
     except Exception:  # pylint: disable=broad-except
       pass  # another process posted first
-    print(message, file=sys.stderr, flush=True)
+    if jax.process_index() == 0:
+      # Process 0 hosts the coordination service: leaving at once would abort the
+      # others before their watchers read the error. Give them time to exit first.
+      time.sleep(4 * _POLL_S)
     os._exit(1)  # pylint: disable=protected-access
   finally:
     done.set()

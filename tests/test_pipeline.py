@@ -117,7 +117,7 @@ def test_ppo_ptx_also_raises_the_reward(quick_run):
 
 def test_methods_beyond_ppo_are_judged_alongside_it(quick_run):
   _, run_dir, results = quick_run
-  assert results["methods"] == ["sft", "ppo", "ppo_ptx", "dpo", "rloo"]  # no grpo in :quick
+  assert results["methods"] == ["sft", "ppo", "ppo_ptx", "rloo"]  # :quick has no dpo, grpo
   models = results["models"]
   for name in results["methods"]:
     for key in ("kl_to_sft", "rm_score_sampled", "gold_score_sampled"):
@@ -127,8 +127,7 @@ def test_methods_beyond_ppo_are_judged_alongside_it(quick_run):
     assert models[name]["rm_score_sampled"] > models["sft"]["rm_score_sampled"] + 0.1, name
     assert 0.0 < models[name]["kl_to_sft"] < 10.0, name
   assert os.path.getsize(os.path.join(run_dir, "plots", "frontier.png")) > 100
-  for stage in ("dpo", "rloo"):
-    assert results["flops"][stage] > 0
+  assert results["flops"]["rloo"] > 0
 
 
 def test_critic_free_rl_raises_the_reward_during_training(quick_run):

@@ -189,10 +189,9 @@ def _quick(config) -> None:
     config[section].update(iterations=12, rollout_batch_size=32, minibatch_size=16,
                            ptx_batch_size=8, lr=3e-4, checkpoint_every=6)
   config.ppo.ptx_coef = 1.0
-  config.dpo.update(steps=40, eval_every=20, checkpoint_every=20, warmup_steps=5)
-  # GRPO shares RLOO's whole path but its estimator and KL term (tested on :test); its
-  # stage here would only lengthen the test suite.
-  del config["grpo"]
+  # DPO and GRPO run in :test (their programs' tests and the two-process run); here
+  # they would only lengthen the test suite, and RLOO stands for the methods beyond PPO.
+  del config["dpo"], config["grpo"]
   config.eval.prompts = 32
   config.data.testbed.update(pretrain=5_000, pretrain_heldout=200, sft=300, rm_train=300,
                              rm_eval=64, ppo=400, eval=64)

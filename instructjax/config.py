@@ -13,6 +13,7 @@ import os
 
 import ml_collections
 
+from instructjax import advantage_estimators
 from instructjax.models.model_config import ModelConfig
 
 # Inside the package, so `pip install .` carries it (experiments/ is not installed).
@@ -97,14 +98,9 @@ def _validate_rl(ppo: ml_collections.ConfigDict, section: str) -> None:
            f"{ppo.warmup_steps} must be >= 0")
   _require(ppo.kl_loss_coef >= 0, f"{section}.kl_loss_coef",
            f"{ppo.kl_loss_coef} must be >= 0")
-  _require(ppo.advantage in ("gae", "rloo", "grpo"), f"{section}.advantage",
-           f"{ppo.advantage!r} is not one of ('gae', 'rloo', 'grpo')")
-  _require((ppo.group_size == 1) == (ppo.advantage == "gae"), f"{section}.group_size",
-           f"{ppo.group_size} with advantage={ppo.advantage!r}: GAE draws 1 sample per "
-           "prompt, rloo and grpo baseline each sample with the others of its prompt (>= 2)")
-  _require(ppo.group_size >= 1 and ppo.rollout_batch_size % ppo.group_size == 0,
-           f"{section}.group_size", f"rollout_batch_size={ppo.rollout_batch_size} is not a "
-           f"multiple of group_size={ppo.group_size}")
+  wrong = advantage_estimators.problem(ppo.advantage, ppo.group_size, ppo.rollout_batch_size)
+  if wrong:
+    raise ConfigError(f"config.{section}.{wrong[0]}={wrong[1]}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -37,16 +37,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from instructjax import (cli, hf_import, multihost, rl, sampling, sharding, stage_export,
-                         stage_table)
+from instructjax import (advantage_estimators, cli, hf_import, multihost, rl, sampling,
+                         sharding, stage_export, stage_table)
 from instructjax.config import ConfigError
 from instructjax.data import batching, sources, testbed, tokenize
 from instructjax.data.batches import PromptBatch
 from instructjax.evaluation import measures
 from instructjax.models import CausalLM, ScalarModel
 from instructjax.optimizers import learning_rate_schedule
-from instructjax.rollout import (ADVANTAGE_ESTIMATORS, Rollout, check_estimator, rollout_stats,
-                                 score_rollout)
+from instructjax.rollout import Rollout, rollout_stats, score_rollout
 from instructjax.stage_loop import Cadence, Export, StageProgram, jit_step, run_stage, to_floats
 from instructjax.steps.ppo_step import PPOState, ppo_step
 
@@ -88,7 +87,7 @@ def make_models(cfg, *, critic: bool = True) -> tuple[CausalLM, ScalarModel | No
 
 
 def has_critic(ppo: ml_collections.ConfigDict) -> bool:
-  return ADVANTAGE_ESTIMATORS[ppo.advantage]
+  return advantage_estimators.NEEDS_VALUE_MODEL[ppo.advantage]
 
 
 def make_init_state(ppo: ml_collections.ConfigDict, policy, value_model):
@@ -222,14 +221,10 @@ def run(config: ml_collections.ConfigDict, run_dir: str, *, stage: str = "ppo") 
   train = config[section]
   if stage == "ppo_ptx" and train.ptx_coef <= 0:
     raise ConfigError("config.ppo.ptx_coef must be > 0 for --stage=ppo_ptx")
-  try:
-    check_estimator(train.advantage, train.group_size, where=f"config.{section}")
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  if train.rollout_batch_size % train.group_size:
-    raise ConfigError(f"config.{section}.rollout_batch_size={train.rollout_batch_size} is "
-                      f"not a multiple of group_size={train.group_size}: each rollout holds "
-                      "whole groups of samples of one prompt")
+  wrong = advantage_estimators.problem(train.advantage, train.group_size,
+                                      train.rollout_batch_size)
+  if wrong:
+    raise ConfigError(f"config.{section}.{wrong[0]}={wrong[1]}")
   return run_stage(stage, os.path.join(run_dir, stage),
                    lambda: _program(config, run_dir, stage))
 

@@ -4,7 +4,7 @@ The environment is a bandit: a prompt, a sampled response (step 1, `sampling.gen
 the reward model's score at the end. Numbered steps follow the InstructGPT / Ziegler et
 al. recipe; every function here is pure and jit-compiled.
 
-The advantage estimator is a config choice (`ADVANTAGE_ESTIMATORS`): GAE with a value
+The advantage estimator is a config choice (`advantage_estimators`): GAE with a value
 model (PPO), or a critic-free group baseline over the G samples drawn for each prompt,
 which needs no value model (RLOO, GRPO).
 """
@@ -17,26 +17,15 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from instructjax import losses, rl, sampling
+from instructjax import advantage_estimators, losses, rl, sampling
 from instructjax.models import last_token_value
 
 
-# estimator -> whether it needs a value model
-ADVANTAGE_ESTIMATORS = {"gae": True, "rloo": False, "grpo": False}
-
-
 def check_estimator(advantage: str, group_size: int, *, where: str) -> None:
-  """ValueError naming the field when the estimator is unknown or its group size is
-  wrong: GAE takes one sample per prompt, the group baselines at least two."""
-  if advantage not in ADVANTAGE_ESTIMATORS:
-    raise ValueError(f"{where}.advantage={advantage!r} is not one of "
-                     f"{tuple(ADVANTAGE_ESTIMATORS)}")
-  if advantage == "gae" and group_size != 1:
-    raise ValueError(f"{where}.group_size={group_size}: GAE draws one sample per prompt; "
-                     "set group_size=1 or a critic-free advantage (rloo, grpo)")
-  if advantage != "gae" and group_size < 2:
-    raise ValueError(f"{where}.group_size={group_size}: {advantage} baselines each sample "
-                     "with the other samples of its prompt, so it needs group_size >= 2")
+  """ValueError naming the field when the estimator and its group size disagree."""
+  wrong = advantage_estimators.problem(advantage, group_size)
+  if wrong:
+    raise ValueError(f"{where}.{wrong[0]}={wrong[1]}")
 
 
 @flax.struct.dataclass

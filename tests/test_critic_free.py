@@ -144,8 +144,8 @@ def test_estimator_and_group_size_must_agree(advantage, group_size, message):
 def test_rollout_must_hold_whole_groups():
   config = get_config("test")
   config.rloo.update(group_size=3)  # 16 samples are not groups of 3
-  with pytest.raises(ConfigError, match="rollout_batch_size=16 is not a multiple of "
-                                        "group_size=3"):
+  with pytest.raises(ConfigError, match="group_size=3 does not divide "
+                                        "rollout_batch_size=16"):
     validate(config)
 
 

@@ -3,6 +3,7 @@
   python -m instructjax.dry_run --config=experiments/gpt2_hh_rlhf.py:gpu
   python -m instructjax.dry_run --config=experiments/llama_hh_rlhf.py:tpu --platform=tpu
   python -m instructjax.dry_run --config=experiments/gpt2_tldr.py --steps=ppo_step
+  python -m instructjax.dry_run --config=experiments/gpt2_tldr.py:gpu --device_memory_gib=80
 
 Builds the train states with `jax.eval_shape` (nothing is allocated) and the batches as
 `jax.ShapeDtypeStruct`s laid out as the stage programs lay them out, then lowers (and,
@@ -17,7 +18,16 @@ largest shapes a run can see (the longest bucket, the configured batch sizes), s
 sharding and config errors show up before a run starts rather than an hour into it.
 Prints one line per step: lowering and compile time, the parameters it trains, the bytes
 per device of the state it carries, and the per-device memory XLA plans for it (compiled
-steps only).
+steps only), plus, for the PPO functions, what the rest of the PPO loop keeps on each
+device meanwhile (the other models, Adam's moments, the EMA).
+
+Memory: the steps must fit in the memory of one device: `--device_memory_gib` when
+given (to plan for an accelerator from a laptop), else the allocator's `bytes_limit` of
+the devices present (GPU, TPU; a CPU has none, so nothing is checked). A step that does
+not fit is a ConfigError naming the knobs to turn, in the order to try them: remat, the
+fsdp axis, the step's batch size, bf16 compute. A compiled step is checked on XLA's plan
+(on a CPU, XLA:CPU's: an estimate of an accelerator's); a step only lowered on its state
+alone, a lower bound.
 
 Modes: "lower" traces and lowers to StableHLO only (under a minute even for a 1B model on
 a CPU); "compile" also runs XLA (gives the memory plan; slow for real-size models on a
@@ -62,7 +72,17 @@ class StepReport:
   compile_seconds: float | None  # XLA compilation; None when not compiled
   params: int  # parameters the step trains (the rollout: the four frozen models')
   state_bytes: int  # bytes per device of the state it takes (params, optimizer, EMA)
+  # Bytes per device its stage keeps beside that state while it runs (for the PPO
+  # functions: the rest of the PPO state and the frozen models); 0 for the others.
+  held_bytes: int
   memory: dict[str, int] | None  # compiled.memory_analysis() per device; None if not compiled
+
+  @property
+  def planned_bytes(self) -> int:
+    """Bytes per device it needs: XLA's planned peak, or (not compiled) its state alone,
+    a lower bound; plus what its stage holds beside it."""
+    own = self.memory["peak"] if self.memory is not None else self.state_bytes
+    return own + self.held_bytes
 
   def line(self) -> str:
     timing = f"lower {self.lower_seconds:6.1f}s"
@@ -72,6 +92,8 @@ class StepReport:
     if self.memory is not None:
       memory = (f"  memory/device: peak~{_size(self.memory['peak'])} "
                 f"(args {_size(self.memory['arguments'])}, temp {_size(self.memory['temp'])})")
+    if self.held_bytes:
+      memory += f"  + {_size(self.held_bytes)} held by the rest of the PPO loop"
     return (f"{self.name:<12} {timing}  params {self.params / 1e6:9.2f}M  "
             f"state/device {_size(self.state_bytes)}{memory}")
 
@@ -151,6 +173,7 @@ class _Step:
   kwargs: dict
   params: Any  # the parameters it trains (or, for the rollout, reads)
   state: Any  # all it carries from step to step: params, optimizer state, EMA
+  held_bytes: int = 0  # bytes per device its stage keeps beside `state` (StepReport)
 
 
 def _abstract_state(init_fn, mesh):
@@ -225,6 +248,12 @@ class _PPOSteps:
     else:
       reward = sharding.abstract_params(self.reward_model, mesh)
     self.frozen = {**params, "ref": params["policy"], "reward": reward}
+    # What the PPO loop keeps on each device throughout: its state and the frozen models.
+    self.resident_bytes = _bytes_per_device((self.state, self.frozen["ref"], reward))
+
+  def _step(self, fn, args, params, state) -> _Step:
+    return _Step(fn, args, {}, params, state,
+                 self.resident_bytes - _bytes_per_device(state))
 
   def sample(self, shapes=None) -> _Step:
     del shapes  # the first of the three: its inputs are the prompts
@@ -234,15 +263,15 @@ class _PPOSteps:
                                 eos_id=self.policy.config.vocab_size - 1, pad_id=0)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(self.mesh))
     params = self.state.params["policy"]
-    return _Step(jax.jit(sampler), (params, self.prompt_tokens, self.prompt_mask, key), {},
-                 params, params)
+    return self._step(jax.jit(sampler), (params, self.prompt_tokens, self.prompt_mask, key),
+                      params, params)
 
   def score(self, sample_shapes) -> _Step:
     scorer = ppo.build_scorer(self.config.ppo, self.policy, self.value_model,
                               self.reward_model, reward_bias=0.0)
     args = (self.frozen, _laid_out(sample_shapes, self.mesh), self.prompt_mask,
             self.example_index, self.state.kl_coef)
-    return _Step(jax.jit(scorer), args, {}, self.frozen, self.frozen)
+    return self._step(jax.jit(scorer), args, self.frozen, self.frozen)
 
   def update(self, rollout_shapes) -> _Step:
     ppo_cfg = self.config.ppo
@@ -256,7 +285,7 @@ class _PPOSteps:
     fn = ppo.build_update(ppo_cfg, self.policy, self.value_model,
                           prompt_len=self.config.data.max_prompt_len,
                           ptx_coef=ppo_cfg.ptx_coef, state_shardings=self.shardings)
-    return _Step(fn, (self.state, minibatch, ptx), {}, self.state.params, self.state)
+    return self._step(fn, (self.state, minibatch, ptx), self.state.params, self.state)
 
 
 def _memory(compiled) -> dict[str, int] | None:
@@ -286,14 +315,98 @@ def _run_step(name: str, step: _Step, *, compile_it: bool, platform: str | None,
     memory = _memory(compiled)
   report = StepReport(name=name, compiled=compile_it, lower_seconds=lower_seconds,
                       compile_seconds=compile_seconds, params=_count(step.params),
-                      state_bytes=_bytes_per_device(step.state), memory=memory)
+                      state_bytes=_bytes_per_device(step.state),
+                      held_bytes=step.held_bytes, memory=memory)
   if verbose:
     print(report.line(), flush=True)
   return report, traced.out_info
 
 
+def device_memory(mesh, *, gib: float | None) -> tuple[int | None, str]:
+  """-> (bytes one device may use, where that figure comes from); None when unknown.
+
+  `gib` when given; else the allocator's limit of the mesh's devices (GPU, TPU; on a GPU
+  75% of its memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise). A CPU has
+  no limit, and an abstract mesh no devices to ask.
+  """
+  if gib is not None:
+    if gib <= 0:
+      raise ValueError(f"device_memory_gib={gib} must be positive")
+    return int(gib * 2**30), f"device_memory_gib={gib:g}"
+  if isinstance(mesh, AbstractMesh):
+    return None, "unknown for an abstract mesh"
+  device = mesh.devices.flat[0]
+  stats = device.memory_stats()
+  if stats is None or "bytes_limit" not in stats:
+    return None, f"{device.platform} reports no limit"
+  return stats["bytes_limit"], f"bytes_limit of {device}"
+
+
+# The config section whose batch a training step's activations scale with.
+_TRAIN_SECTIONS = {"sft_step": "sft", "reward_step": "rm", "dpo_step": "dpo"}
+
+
+def _batch_knob(name: str, config: ml_collections.ConfigDict) -> str:
+  if name in _TRAIN_SECTIONS:
+    field = f"config.{_TRAIN_SECTIONS[name]}"
+    train = config[_TRAIN_SECTIONS[name]]
+    if train.accum_steps < train.batch_size:  # microbatches keep the batch the same
+      return (f"{field}.accum_steps above {train.accum_steps} (a divisor of batch_size="
+              f"{train.batch_size}), or a smaller {field}.batch_size")
+    return f"a smaller {field}.batch_size (now {train.batch_size})"
+  ppo = config.ppo
+  if name == "ppo_step":
+    ptx = (f" and config.ppo.ptx_batch_size (now {ppo.ptx_batch_size})"
+           if ppo.ptx_coef > 0 else "")
+    return f"a smaller config.ppo.minibatch_size (now {ppo.minibatch_size}){ptx}"
+  return f"a smaller config.ppo.rollout_batch_size (now {ppo.rollout_batch_size})"
+
+
+def memory_knobs(name: str, config: ml_collections.ConfigDict, mesh,
+                 device_count: int) -> list[str]:
+  """What would shrink step `name`'s memory per device, in the order to try them:
+  remat, the fsdp axis, the step's batch, bf16 compute; only those that apply."""
+  knobs = []
+  if name not in ("sample", "score") and not config.model.remat:  # it has a backward pass
+    knobs.append("config.model.remat=True (recompute each block in the backward pass)")
+  sizes = dict(mesh.shape)
+  widest = device_count // sizes["tensor"]
+  if widest > sizes["fsdp"]:
+    knobs.append(f"config.mesh.data=1, fsdp=-1 (weights and optimizer state sharded "
+                 f"{widest} ways, not {sizes['fsdp']})")
+  knobs.append(_batch_knob(name, config))
+  if config.model.dtype == "float32":
+    knobs.append(f"config.model.dtype='bfloat16' (bf16 compute; weights stay "
+                 f"{config.model.param_dtype})")
+  return knobs
+
+
+def check_memory(reports: dict[str, StepReport], config: ml_collections.ConfigDict, mesh,
+                 *, limit: int, source: str, device_count: int) -> None:
+  """ConfigError naming, for each step that needs more than `limit` bytes per device,
+  the knobs that would make it fit."""
+  lines = []
+  for report in reports.values():
+    if report.planned_bytes <= limit:
+      continue
+    if report.compiled:
+      need = (f"needs {_size(report.planned_bytes)} per device: XLA plans a peak of "
+              f"{_size(report.memory['peak'])} (temporaries {_size(report.memory['temp'])})")
+    else:  # lowered only: a lower bound
+      need = (f"needs at least {_size(report.planned_bytes)} per device: its state "
+              f"{_size(report.state_bytes)} (not compiled: activations unknown)")
+    if report.held_bytes:
+      need += f", and the rest of the PPO loop holds {_size(report.held_bytes)}"
+    knobs = memory_knobs(report.name, config, mesh, device_count)
+    lines.append(f"  {report.name} {need}. Try, in this order: " + "; ".join(knobs))
+  if lines:
+    raise ConfigError(f"{len(lines)} step(s) do not fit in {_size(limit)} per device "
+                      f"({source}):\n" + "\n".join(lines))
+
+
 def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "auto",
             steps: Sequence[str] = STEPS, platform: str | None = None,
+            device_memory_gib: float | None = None,
             verbose: bool = True) -> dict[str, StepReport]:
   """Validates `config`, then lowers (or compiles) each of `steps` on abstract shapes.
 
@@ -304,6 +417,8 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "aut
     steps: which of STEPS to check.
     platform: what to lower for when the mesh is abstract (e.g. "tpu"); default the
       platform of `devices`.
+    device_memory_gib: the memory of one device, in GiB (2**30 bytes), that every step
+      must fit in; default the devices' own limit (`device_memory`), if they have one.
     verbose: print a header and one line per step as they finish.
 
   Returns:
@@ -312,7 +427,8 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "aut
   Raises:
     ConfigError / ShardingError (both ValueErrors) naming the config field or parameter
     that cannot work: e.g. a batch that data x fsdp does not divide, a model dimension
-    that the tensor axis does not divide, a mesh that does not fit the devices.
+    that the tensor axis does not divide, a mesh that does not fit the devices, a step
+    that does not fit in a device's memory (`check_memory`).
   """
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is not one of {MODES}")
@@ -332,12 +448,17 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "aut
   compile_it = mode == "compile" or (mode == "auto" and not abstract and (
       device_platform != "cpu" or policy_params <= CPU_COMPILE_MAX_PARAMS))
   lower_for = (platform or device_platform) if abstract else None
+  limit, limit_source = device_memory(mesh, gib=device_memory_gib)
   if verbose:
     where = (f"AbstractMesh (needs {mesh.size} devices, {len(devices)} present), lowered "
              f"for {lower_for}" if abstract else
              f"{mesh.size} of {len(devices)} {device_platform} devices")
     print(f"mesh {dict(mesh.shape)}: {where}; "
           f"{'compiling' if compile_it else 'lowering only'}", flush=True)
+    fit = ("not checked" if limit is None else
+           f"{_size(limit)}, checked on XLA's plan" if compile_it else
+           f"{_size(limit)}, checked on each step's state alone (not compiled)")
+    print(f"device memory: {fit} ({limit_source})", flush=True)
 
   check_fits(config, mesh)
   run = functools.partial(_run_step, compile_it=compile_it, platform=lower_for,
@@ -366,6 +487,9 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "aut
         reports[name], shapes = run(name, step)
       else:  # not asked for, but a later one needs its output shapes
         shapes = step.fn.trace(*step.args, **step.kwargs).out_info
+  if limit is not None:
+    check_memory(reports, config, mesh, limit=limit, source=limit_source,
+                 device_count=mesh.size if abstract else len(devices))
   return reports
 
 
@@ -376,11 +500,15 @@ def main() -> None:
   which = flags.DEFINE_multi_enum("steps", list(STEPS), list(STEPS), "the steps to check")
   platform = flags.DEFINE_string(
       "platform", None, "platform to lower for when the mesh needs more devices than exist")
+  memory_gib = flags.DEFINE_float(
+      "device_memory_gib", None, "GiB of memory per device the steps must fit in "
+      "(default: the devices' own limit; a CPU has none)")
 
   def program(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    dry_run(config_flag.value, mode=mode.value, steps=which.value, platform=platform.value)
+    dry_run(config_flag.value, mode=mode.value, steps=which.value, platform=platform.value,
+            device_memory_gib=memory_gib.value)
   # absl.app defines flags of its own (--pdb, profiling) when imported: only here.
   from absl import app  # pylint: disable=import-outside-toplevel
   app.run(program)

@@ -8,9 +8,13 @@ the published parameter counts of their Hugging Face checkpoints instead.
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.util
 import os
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +120,98 @@ def test_small_step_compiles_with_a_memory_estimate():
   assert report.memory["arguments"] >= report.state_bytes > 0
   assert report.memory["peak"] >= report.memory["arguments"]
   assert "compile" in report.line() and "memory/device: peak" in report.line()
+
+
+def test_step_that_does_not_fit_names_the_knobs_in_order():
+  config = _load("instructgpt_tiny.py", "test")  # remat off, float32, data=-1 x fsdp=1
+  assert not config.model.remat and config.model.dtype == "float32"
+  devices = jax.devices()[:2]  # data 2 x fsdp 1: fsdp could take both
+  with pytest.raises(ConfigError) as error:
+    dry_run_lib.dry_run(config, devices=devices, steps=("sft_step",), mode="compile",
+                        device_memory_gib=0.001, verbose=False)
+  message = str(error.value)
+  assert re.search(r"1 step\(s\) do not fit in 1\.0MiB per device \(device_memory_gib=0\.001\):"
+                   r"\n  sft_step needs .*MiB per device: XLA plans a peak of", message)
+  knobs = ["config.model.remat=True", "config.mesh.data=1, fsdp=-1",
+           "config.sft.accum_steps above 1 (a divisor of batch_size=8)",
+           "config.model.dtype='bfloat16'"]
+  where = [message.index(knob) for knob in knobs]
+  assert where == sorted(where)
+
+  report = dry_run_lib.dry_run(config, devices=devices, steps=("sft_step",),
+                               mode="compile", device_memory_gib=1.0,
+                               verbose=False)["sft_step"]
+  need = report.planned_bytes
+  assert 2**20 < need < 2**30 and need == report.memory["peak"]
+  check = functools.partial(dry_run_lib.check_memory, {"sft_step": report}, config,
+                            dry_run_lib.build_mesh(config.mesh, devices), source="test",
+                            device_count=2)
+  check(limit=need)
+  with pytest.raises(ConfigError, match="sft_step needs"):
+    check(limit=need - 1)
+
+
+def test_lowered_steps_are_checked_on_the_state_the_ppo_loop_holds():
+  config = _load("instructgpt_tiny.py", "test")
+  assert config.ppo.ema_decay == 0
+  steps = ("sample", "score", "ppo_step")
+  reports = dry_run_lib.dry_run(config, devices=jax.devices()[:1], mode="lower",
+                                steps=steps, verbose=False)
+  sample, score, ppo = reports.values()
+  policy, reward = sample.params, ppo.params - sample.params - 1  # the value head's bias
+  # While the update runs, the loop also holds the frozen reference and reward model,
+  # float32 and (one device) whole; each function's state and what is held beside it
+  # add up to the same resident set.
+  resident = ppo.state_bytes + 4 * (policy + reward)
+  assert ppo.held_bytes == resident - ppo.state_bytes
+  assert sample.state_bytes + sample.held_bytes == resident
+  assert score.state_bytes + score.held_bytes == resident
+  with pytest.raises(ConfigError) as error:
+    dry_run_lib.dry_run(config, devices=jax.devices()[:1], mode="lower", steps=steps,
+                        device_memory_gib=0.99 * resident / 2**30, verbose=False)
+  # Not compiled, each is checked on the resident set alone: none fits in less.
+  sample_line, score_line, ppo_line = str(error.value).splitlines()[1:]
+  assert re.fullmatch(r"  sample needs at least .* \(not compiled: activations unknown\), "
+                      r"and the rest of the PPO loop holds .*\. Try, in this order: a smaller "
+                      r"config\.ppo\.rollout_batch_size \(now 16\); "
+                      r"config\.model\.dtype='bfloat16' .*", sample_line)
+  assert score_line.startswith("  score needs at least")
+  assert re.fullmatch(r"  ppo_step needs .*\. Try, in this order: config\.model\.remat=True "
+                      r".*; a smaller config\.ppo\.minibatch_size \(now 8\) and "
+                      r"config\.ppo\.ptx_batch_size \(now 8\); "
+                      r"config\.model\.dtype='bfloat16' .*", ppo_line)
+
+
+def test_memory_knobs_are_those_that_apply():
+  one_gpu = _load("gpt2_hh_rlhf.py", "gpu")  # remat off, bf16 already, one device
+  mesh = dry_run_lib.build_mesh(one_gpu.mesh, jax.devices()[:1])
+  assert dry_run_lib.memory_knobs("sft_step", one_gpu, mesh, 1) == [
+      "config.model.remat=True (recompute each block in the backward pass)",
+      "config.sft.accum_steps above 2 (a divisor of batch_size=64), or a smaller "
+      "config.sft.batch_size"]
+  # Inference has no backward pass to recompute.
+  assert dry_run_lib.memory_knobs("sample", one_gpu, mesh, 1) == [
+      "a smaller config.ppo.rollout_batch_size (now 128)"]
+  tpu = _load("gpt2_hh_rlhf.py", "tpu")  # remat on; data 2 x fsdp 8 on 16 chips
+  mesh = dry_run_lib.build_mesh(tpu.mesh, jax.devices())
+  assert dry_run_lib.memory_knobs("ppo_step", tpu, mesh, 16) == [
+      "config.mesh.data=1, fsdp=-1 (weights and optimizer state sharded 16 ways, not 8)",
+      "a smaller config.ppo.minibatch_size (now 64) and config.ppo.ptx_batch_size (now 512)"]
+  tpu.rm.accum_steps = tpu.rm.batch_size  # microbatches of one prompt already
+  assert dry_run_lib.memory_knobs("reward_step", tpu, mesh, 16)[-1] == (
+      "a smaller config.rm.batch_size (now 64)")
+
+
+def test_device_memory_flag_on_the_command_line():
+  result = subprocess.run(
+      [sys.executable, "-m", "instructjax.dry_run",
+       f"--config={os.path.join(EXPERIMENTS, 'instructgpt_tiny.py')}:test", "--mode=lower",
+       "--steps=sft_step", "--device_memory_gib=0.0001"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0
+  assert "device memory: 0.1MiB, checked on each step's state alone" in result.stdout
+  assert "ConfigError: 1 step(s) do not fit in 0.1MiB per device" in result.stderr
+  assert "config.sft.accum_steps above 1" in result.stderr
 
 
 def test_critic_free_ppo_step_trains_the_policy_alone():

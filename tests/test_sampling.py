@@ -161,6 +161,79 @@ def test_sample_token_stays_in_the_filtered_set_and_renormalises():
   np.testing.assert_allclose(logprob[token == 3], math.log(0.2 / 0.7), atol=1e-6)
 
 
+def test_first_max_index_is_numpys_argmax_with_ties():
+  rng = np.random.default_rng(0)
+  values = rng.integers(0, 4, size=(64, 700)).astype(np.float32)  # many tied maxima
+  values[3] = -np.inf
+  values[4, :] = -np.inf
+  values[4, 699] = 0.0
+  values = jnp.asarray(values)
+  top = jnp.max(values, axis=-1, keepdims=True)
+  np.testing.assert_array_equal(sampling.first_max_index(values, top),
+                                np.argmax(np.asarray(values), axis=-1))
+
+
+def test_inverse_cdf_sample_has_the_weights_distribution_across_blocks():
+  # V = 600 is not a multiple of the block (256): the padded tail must never be drawn.
+  weights = np.zeros(600, np.float32)
+  mass = {0: 0.1, 255: 0.2, 256: 0.3, 511: 0.15, 599: 0.25}
+  for token_id, p in mass.items():
+    weights[token_id] = 7.0 * p  # unnormalised on purpose
+  draws = 40_000
+  rows = jnp.tile(jnp.asarray(weights), (draws, 1))  # [draws, V]
+  tokens = np.asarray(sampling.inverse_cdf_sample(rows, jax.random.key(0)))
+  assert set(tokens.tolist()) == set(mass)
+  for token_id, p in mass.items():
+    std = math.sqrt(p * (1 - p) / draws)  # binomial, at most 0.0025
+    assert abs(np.mean(tokens == token_id) - p) < 4 * std, token_id
+
+
+def test_inverse_cdf_sample_never_draws_a_zero_weight():
+  rng = np.random.default_rng(1)
+  # Half the ids have weight 0, the rest span 30 orders of magnitude, so block totals
+  # summed in two orders round differently; whole leading blocks are empty in some rows.
+  weights = np.exp(rng.uniform(-70.0, 0.0, size=(4000, 700))).astype(np.float32)
+  weights[rng.random(weights.shape) < 0.5] = 0.0
+  weights[:100, :512] = 0.0
+  weights[100:200, :] = 0.0
+  weights[100:200, 0] = 1.0  # all mass on the very first id
+  tokens = np.asarray(sampling.inverse_cdf_sample(jnp.asarray(weights), jax.random.key(2)))
+  assert np.all(weights[np.arange(len(tokens)), tokens] > 0)
+  np.testing.assert_array_equal(tokens[100:200], 0)
+
+def test_inverse_cdf_sample_at_the_top_of_the_range_lands_on_the_last_weight(monkeypatch):
+  # u = 1 puts the target exactly at the total, where the two summation orders disagree
+  # by a rounding: the draw must still be the last id of nonzero weight, never past it.
+  monkeypatch.setattr(jax.random, "uniform", lambda rng, shape: jnp.zeros(shape))
+  rng = np.random.default_rng(3)
+  # Weights of one size: each id's mass stays above the total's rounding, so the last
+  # one is reachable.
+  weights = rng.uniform(0.5, 1.0, size=(500, 700)).astype(np.float32)
+  last = rng.integers(1, 700, size=500)
+  weights[np.arange(700)[None, :] > last[:, None]] = 0.0  # [B, V]: zero after `last`
+  tokens = np.asarray(sampling.inverse_cdf_sample(jnp.asarray(weights), jax.random.key(0)))
+  np.testing.assert_array_equal(tokens, last)
+
+
+def test_sample_token_matches_the_softmax_over_a_real_vocabulary():
+  # A GPT-2-sized vocabulary with a few likely tokens and a long tail of small ones.
+  vocab, draws = 50257, 2000
+  logits = np.full(vocab, -6.0, np.float32)
+  logits[[7, 20000, 50256]] = [2.0, 1.0, 0.5]
+  probs = np.exp(logits / 0.7) / np.exp(logits / 0.7).sum()
+  config = sampling.SamplingConfig(max_new_tokens=1, temperature=0.7)
+  token, logprob = sampling.sample_token(jnp.tile(jnp.asarray(logits), (draws, 1)),
+                                         jax.random.key(4), config=config)
+  token, logprob = np.asarray(token), np.asarray(logprob)
+  np.testing.assert_allclose(logprob, np.log(probs[token]), rtol=1e-5)
+  for token_id in (7, 20000, 50256):
+    std = math.sqrt(probs[token_id] * (1 - probs[token_id]) / draws)
+    assert abs(np.mean(token == token_id) - probs[token_id]) < 4 * std
+  tail = 1 - probs[[7, 20000, 50256]].sum()  # ~0.34 of the mass on the other 50254
+  assert abs(np.mean(~np.isin(token, [7, 20000, 50256])) - tail) < 4 * math.sqrt(
+      tail * (1 - tail) / draws)
+
+
 # ------------------------------------------------------------------- cache and decoding
 
 

@@ -43,25 +43,33 @@ def make_norm(config: ModelConfig, name: str) -> nn.Module:
       bias_init=_param_init(nn.initializers.zeros, ("norm",)), name=name)
 
 
-def _einsum_attention(q, k, v, allowed, *, dtype):
-  """The reference attention: q [B, T, H, Dh], k and v [B, S, KV, Dh], allowed [B, T, S]
-  -> [B, T, H, Dh], with the scores and softmax in fp32."""
+def _einsum_attention(q, keys, values, allowed, *, dtype):
+  """The reference attention: q [B, T, H, Dh], keys [B, KV, Dh, S], values [B, KV, S, Dh]
+  (head-major: the layouts the two matmuls read, so a KV cache kept in them is used
+  without a copy at each decode step), allowed [B, T, S] -> [B, T, H, Dh], with the
+  scores and softmax in fp32."""
   batch, t, h, dh = q.shape
-  kvh = k.shape[2]
+  kvh = keys.shape[1]
   q = q.reshape(batch, t, kvh, h // kvh, dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / jnp.sqrt(dh)
+  scores = jnp.einsum("btkgd,bkds->bkgts", q, keys).astype(jnp.float32) / jnp.sqrt(dh)
   # A finite minimum keeps fully masked rows (left padding) free of NaNs.
   scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, t, h, dh)
+  return jnp.einsum("bkgts,bksd->btkgd", probs, values).reshape(batch, t, h, dh)
+
+
+def _head_major(k, v):
+  """k, v [B, T, KV, Dh] -> keys [B, KV, Dh, T], values [B, KV, T, Dh]."""
+  return jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
 
 
 class Attention(nn.Module):
   """Causal (grouped-query, optionally windowed) self-attention; `decode=True` reads and
   writes a KV cache.
 
-  The cache holds keys and values for `max_len` slots plus a mask of which slots hold
-  real tokens, so left-padded prompts of different lengths share one write index.
+  The cache holds keys and values for `max_len` slots, head-major (see `_einsum_attention`),
+  plus a mask of which slots hold real tokens, so left-padded prompts of different
+  lengths share one write index.
   """
   config: ModelConfig
   decode: bool = False
@@ -94,12 +102,13 @@ class Attention(nn.Module):
       k = apply_rope(k, positions, inv_freq)
 
     batch, t = x.shape[0], x.shape[1]
+    keys, values = _head_major(k, v)  # [B, KV, Dh, T], [B, KV, T, Dh]
     if self.decode:
-      k, v, key_mask, query_slots = self._update_cache(k, v, token_mask)  # [B, T]
+      keys, values, key_mask, query_slots = self._update_cache(keys, values, token_mask)
     else:
       key_mask = token_mask
       query_slots = jnp.broadcast_to(jnp.arange(t)[None], (batch, t))  # [B, T]
-    key_slots = jnp.arange(k.shape[1])[None, None, :]  # [1, 1, S]
+    key_slots = jnp.arange(values.shape[2])[None, None, :]  # [1, 1, S]
     allowed = key_slots <= query_slots[:, :, None]  # [B, T, S]
     if cfg.sliding_window:
       # Counted in slots, as HF does: left padding sits before every real token, so
@@ -108,12 +117,13 @@ class Attention(nn.Module):
     allowed = allowed & (key_mask[:, None, :] > 0)  # [B, T, S]
 
     if cfg.attention == "einsum":
-      out = _einsum_attention(q, k, v, allowed, dtype=cfg.compute_dtype)
+      out = _einsum_attention(q, keys, values, allowed, dtype=cfg.compute_dtype)
     else:
       # A fully masked row (left padding) gets uniform weights here, as in the einsum
       # path; its output is never read.
-      out = jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None],
-                                         implementation=cfg.attention)  # [B, T, H, Dh]
+      out = jax.nn.dot_product_attention(
+          q, jnp.transpose(keys, (0, 3, 1, 2)), jnp.transpose(values, (0, 2, 1, 3)),
+          mask=allowed[:, None], implementation=cfg.attention)  # [B, T, H, Dh]
     out = nn.DenseGeneral(
         features=cfg.d_model, axis=(-2, -1), use_bias=cfg.use_out_bias, dtype=cfg.compute_dtype,
         param_dtype=cfg.weight_dtype,
@@ -121,21 +131,24 @@ class Attention(nn.Module):
         bias_init=_param_init(nn.initializers.zeros, ("embed",)), name="o_proj")(out)
     return nn.Dropout(cfg.dropout_rate)(out, deterministic=self.deterministic)
 
-  def _update_cache(self, k, v, token_mask):
-    """Writes this call's T keys/values at the cache index; returns the full cache."""
-    batch, t, kvh, dh = k.shape
+  def _update_cache(self, keys, values, token_mask):
+    """Writes this call's T keys/values (head-major) at the cache index; returns the
+    whole cache: keys [B, KV, Dh, S], values [B, KV, S, Dh], mask [B, S], slots [B, T]."""
+    batch, kvh, dh, t = keys.shape
     initialised = self.has_variable("cache", "cached_key")
     # At init the input is [B, max_len] and only sizes the cache.
-    ck = self.variable("cache", "cached_key", jnp.zeros, (batch, t, kvh, dh), k.dtype)
-    cv = self.variable("cache", "cached_value", jnp.zeros, (batch, t, kvh, dh), v.dtype)
+    ck = self.variable("cache", "cached_key", jnp.zeros, keys.shape, keys.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, values.shape, values.dtype)
     cm = self.variable("cache", "cache_mask", jnp.zeros, (batch, t), jnp.int32)
     ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if not initialised:
       slots = jnp.broadcast_to(jnp.arange(t)[None], (batch, t))
-      return k, v, token_mask, slots
+      return keys, values, token_mask, slots
     index = ci.value
-    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, index, 0, 0))
-    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, index, 0, 0))
+    ck.value = jax.lax.dynamic_update_slice(ck.value, keys.astype(ck.value.dtype),
+                                            (0, 0, 0, index))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, values.astype(cv.value.dtype),
+                                            (0, 0, index, 0))
     cm.value = jax.lax.dynamic_update_slice(cm.value, token_mask.astype(jnp.int32), (0, index))
     ci.value = index + t
     slots = jnp.broadcast_to(index + jnp.arange(t)[None], (batch, t))  # [B, T]

@@ -71,16 +71,21 @@ class Trunk(nn.Module):
 
 
 class CausalLM(nn.Module):
-  """Next-token logits. `apply({'params': p}, tokens)` -> logits [B, T, V] (float32)."""
+  """Next-token logits. `apply({'params': p}, tokens)` -> logits [B, T, V] (float32);
+  with `last_only=True`, those of the last column alone, [B, 1, V] (a sampler's prefill
+  needs no others, and at GPT-2's vocabulary the unembedding of every prompt token costs
+  a third of the prefill)."""
   config: ModelConfig
 
   @nn.compact
   def __call__(self, tokens, *, positions=None, token_mask=None, deterministic=True,
-               decode=False):
+               decode=False, last_only=False):
     cfg = self.config
     trunk = Trunk(cfg, name="transformer")
     hidden = trunk(tokens, positions=positions, token_mask=token_mask,
                    deterministic=deterministic, decode=decode)  # [B, T, D]
+    if last_only:
+      hidden = hidden[:, -1:]  # [B, 1, D]
     if cfg.tie_embeddings:
       logits = trunk.wte.attend(hidden)
     else:

@@ -450,19 +450,33 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "aut
   lower_for = (platform or device_platform) if abstract else None
   limit, limit_source = device_memory(mesh, gib=device_memory_gib)
   if verbose:
-    where = (f"AbstractMesh (needs {mesh.size} devices, {len(devices)} present), lowered "
-             f"for {lower_for}" if abstract else
-             f"{mesh.size} of {len(devices)} {device_platform} devices")
-    print(f"mesh {dict(mesh.shape)}: {where}; "
-          f"{'compiling' if compile_it else 'lowering only'}", flush=True)
-    fit = ("not checked" if limit is None else
-           f"{_size(limit)}, checked on XLA's plan" if compile_it else
-           f"{_size(limit)}, checked on each step's state alone (not compiled)")
-    print(f"device memory: {fit} ({limit_source})", flush=True)
-
+    _print_header(mesh, devices, compile_it=compile_it, lower_for=lower_for, limit=limit,
+                  limit_source=limit_source)
   check_fits(config, mesh)
-  run = functools.partial(_run_step, compile_it=compile_it, platform=lower_for,
-                          verbose=verbose)
+  reports = _run_steps(config, mesh, steps, run=functools.partial(
+      _run_step, compile_it=compile_it, platform=lower_for, verbose=verbose))
+  if limit is not None:
+    check_memory(reports, config, mesh, limit=limit, source=limit_source,
+                 device_count=mesh.size if abstract else len(devices))
+  return reports
+
+
+def _print_header(mesh, devices, *, compile_it: bool, lower_for: str | None,
+                  limit: int | None, limit_source: str) -> None:
+  where = (f"AbstractMesh (needs {mesh.size} devices, {len(devices)} present), lowered "
+           f"for {lower_for}" if isinstance(mesh, AbstractMesh) else
+           f"{mesh.size} of {len(devices)} {devices[0].platform} devices")
+  print(f"mesh {dict(mesh.shape)}: {where}; "
+        f"{'compiling' if compile_it else 'lowering only'}", flush=True)
+  fit = ("not checked" if limit is None else
+         f"{_size(limit)}, checked on XLA's plan" if compile_it else
+         f"{_size(limit)}, checked on each step's state alone (not compiled)")
+  print(f"device memory: {fit} ({limit_source})", flush=True)
+
+
+def _run_steps(config: ml_collections.ConfigDict, mesh, steps: Sequence[str], *,
+               run) -> dict[str, StepReport]:
+  """Lowers (or compiles) each of `steps` with `run`: -> {name: StepReport}."""
   reports = {}
   if "sft_step" in steps:
     reports["sft_step"], _ = run("sft_step", _sft_step(config, mesh))
@@ -487,9 +501,6 @@ def dry_run(config: ml_collections.ConfigDict, *, devices=None, mode: str = "aut
         reports[name], shapes = run(name, step)
       else:  # not asked for, but a later one needs its output shapes
         shapes = step.fn.trace(*step.args, **step.kwargs).out_info
-  if limit is not None:
-    check_memory(reports, config, mesh, limit=limit, source=limit_source,
-                 device_count=mesh.size if abstract else len(devices))
   return reports
 
 

@@ -28,28 +28,25 @@ def measure_matmul_peak_gflops(*, size: int = 2048, repeats: int = 5) -> float:
   """GFLOP/s of a jitted float32 [size, size] x [size, size] jnp.dot, best of repeats."""
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-  dot = jax.jit(jnp.dot)
-  jax.block_until_ready(dot(a, b))  # compile
+  return 2 * size**3 / _best_seconds(jax.jit(jnp.dot), a, b, repeats=repeats) / 1e9
+
+
+def _best_seconds(fn, *args, repeats: int) -> float:
+  """Best of `repeats` timed calls of fn(*args), after one that compiles it."""
+  jax.block_until_ready(fn(*args))
   best = float("inf")
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(dot(a, b))
+    jax.block_until_ready(fn(*args))
     best = min(best, time.perf_counter() - start)
-  return 2 * size**3 / best / 1e9
+  return best
 
 
 def measure_read_bandwidth_gbs(*, megabytes: int = 512, repeats: int = 5) -> float:
   """GB/s of a jitted sum over a float32 array of `megabytes`, best of repeats: the rate
   at which a step can stream weights that do not fit in cache."""
   x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
-  total = jax.jit(jnp.sum)
-  jax.block_until_ready(total(x))  # compile
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(total(x))
-    best = min(best, time.perf_counter() - start)
-  return x.nbytes / best / 1e9
+  return x.nbytes / _best_seconds(jax.jit(jnp.sum), x, repeats=repeats) / 1e9
 
 
 def matmul_params(config: ModelConfig, *, lm_head: bool) -> int:

@@ -29,7 +29,8 @@ from instructjax import (cli, compile_time, dry_run, hf_import, sharding, stage_
                          stage_table)
 from instructjax.atomic_write import write_json
 from instructjax.data import sources
-from instructjax.evaluation import claims, final_eval, judged_eval, judged_report, report
+from instructjax.evaluation import (agreement, claims, final_eval, judged_eval, judged_report,
+                                    report)
 from instructjax.evaluation.contestants import LABELER_GROUPS, METHODS
 
 
@@ -75,6 +76,13 @@ def _ppo_curve(run_dir: str, stage: str) -> list[dict]:
   return [curve[k] for k in sorted(curve)]  # a resumed run may repeat iterations
 
 
+def _agreement(config: ml_collections.ConfigDict, run_dir: str) -> dict:
+  """Inter-labeler agreement on the rm_eval prompts' responses (each prompt once)."""
+  bed = sources.load_data(config, run_dir).testbed
+  items = {r.example.prompt: (r.example, r.responses) for r in bed.rm_eval}
+  return agreement.labeler_agreement(list(items.values()), bed.labelers)
+
+
 def evaluate(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   """The final evaluation of every model, plus compute, RM accuracy, PPO curves and the
   claims judged on them: the content of eval/results.json."""
@@ -86,10 +94,11 @@ def evaluate(config: ml_collections.ConfigDict, run_dir: str) -> dict:
       config=config.to_dict(),
       flops=claims.training_flops(config, params),
       rm_accuracy={group: rm_card.final_eval.get(f"accuracy_{group}")
-                   for group in LABELER_GROUPS},
+                   for group in (*LABELER_GROUPS, "correctness")},
       ppo_curves={s.name: _ppo_curve(run_dir, s.name) for s in stage_table.stages_for(config)
                   if s.program == "instructjax.ppo"},
-      methods=[name for name in METHODS if name in results["models"]])
+      methods=[name for name in METHODS if name in results["models"]],
+      labeler_agreement=_agreement(config, run_dir))
   results["claims"] = claims.evaluate_claims(results)
   return results
 

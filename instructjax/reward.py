@@ -9,13 +9,15 @@ units, is `reward_bias`, so the normalised reward r(x, y) - reward_bias has mean
 std 1 on the demonstrations. Then beta, the value clip and the no-EOS penalty mean the
 same whatever scale the ranking loss left the RM at. Ranking accuracy on held-out
 comparisons is reported separately for the labelers who produced training data and for
-the held-out labelers.
+the held-out labelers; on the testbed, also on pairs that differ in correctness only
+(`accuracy_correctness`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import random
 
 import jax
 import ml_collections
@@ -25,6 +27,8 @@ from instructjax import (cli, comparisons, hf_import, multihost, sharding, stage
                          stage_table)
 from instructjax.data import batching, sources
 from instructjax.data.batches import TokenBatch
+from instructjax.data.records import RankingRecord
+from instructjax.data.testbed import candidates
 from instructjax.models import CausalLM, ScalarModel, last_token_value
 from instructjax.stage_loop import (Export, StageProgram, batch_advance, cadence, jit_step,
                                     run_stage)
@@ -75,6 +79,19 @@ def ranking_accuracy(score, rows, batcher, *, mesh, held_out_ids=frozenset(),
       total[group] += len(pairs)
   out = {f"accuracy_{g}": correct[g] / total[g] for g in total if total[g]}
   out["accuracy"] = sum(correct.values()) / max(sum(total.values()), 1)
+  return out
+
+
+def correctness_rows(bed, rows, *, seed: int) -> list[RankingRecord]:
+  """For each testbed prompt of `rows`: the ideal answer ranked above each of its near
+  misses (`candidates.near_misses`), as K = 2 rankings with no labeler."""
+  rng = random.Random(f"instructjax-correctness/{seed}")
+  prompts = dict.fromkeys(r.prompt for r in rows)  # distinct, in order
+  out = []
+  for prompt in prompts:
+    example = bed.example(prompt)
+    out += [RankingRecord(prompt, (example.answer, miss), (0, 1))
+            for miss in candidates.near_misses(example, rng)]
   return out
 
 
@@ -182,10 +199,19 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
   def begin(state):
     return start_from_sft(state, load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh))
 
+  # Pairs that differ in correctness only, on the rm_eval prompts: whether the RM can
+  # judge an answer, not only its length or a remark.
+  correctness = (correctness_rows(data.testbed, eval_rows, seed=config.seed)
+                 if data.testbed else [])
+
   def evaluate(state):
-    return ranking_accuracy(
-        functools.partial(ranking_scores, state.params, apply_fn=model.apply), eval_rows,
-        eval_batcher, mesh=mesh, held_out_ids=held_out)
+    score = functools.partial(ranking_scores, state.params, apply_fn=model.apply)
+    metrics = ranking_accuracy(score, eval_rows, eval_batcher, mesh=mesh,
+                               held_out_ids=held_out)
+    if correctness:
+      metrics["accuracy_correctness"] = ranking_accuracy(
+          score, correctness, eval_batcher, mesh=mesh)["accuracy"]
+    return metrics
 
   def exports(state, final_eval):
     sft_batcher = batching.SftBatcher(data.tokenizer, buckets=buckets,

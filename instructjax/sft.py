@@ -86,11 +86,19 @@ def _program(config, run_dir: str, stage: stage_table.Stage) -> StageProgram:
                                                     mesh),
       iterators={"data": batches}, begin=begin if stage.parents else None,
       evaluate=_evaluator(config, data, model, mesh, stage=stage.name), exports=exports,
+      select_by=SELECT_BY if stage.parents and data.testbed is not None else None,
       log=config.log)
 
 
+# The metric that picks SFT's exported checkpoint: the paper picks by RM score on its
+# validation prompts; here the RM is trained from this model, so the testbed's gold
+# score of greedy answers to the validation prompts (never the test prompts) picks.
+SELECT_BY = "val_gold_score"
+
+
 def _evaluator(config, data, model, mesh, *, stage: str):
-  """Held-out pretraining loss; plus the gold score of greedy answers after SFT."""
+  """Held-out pretraining loss; plus, after SFT, the gold score of greedy answers to the
+  validation prompts."""
   heldout = data.read("pretrain_heldout")
   batcher = batching.PretrainBatcher(data.tokenizer, buckets=tuple(config.data.buckets))
   n_prompts = config.eval.prompts
@@ -100,14 +108,14 @@ def _evaluator(config, data, model, mesh, *, stage: str):
         model.apply, state.params, heldout, batcher, batch_size=32, mesh=mesh,
         max_batches=8)}
     if stage == "sft" and data.testbed is not None:
-      examples = data.testbed.eval_prompts[:n_prompts]
+      examples = data.testbed.val_prompts[:n_prompts]
       responses = measures.sample_responses(
           model, state.params, [e.prompt for e in examples], data.tokenizer,
           sampling_config=measures.greedy_config(
               data.tokenizer, max_new_tokens=config.eval.max_new_tokens),
           batch_size=32, buckets=(config.data.max_prompt_len,), mesh=mesh,
           rng=jax.random.PRNGKey(config.seed))
-      metrics["gold_score"] = measures.mean_gold_score(examples, responses)
+      metrics[SELECT_BY] = measures.mean_gold_score(examples, responses)
     return metrics
   return evaluate
 

@@ -74,6 +74,9 @@ class StageProgram:
   # parents' params). None keeps the fresh init.
   begin: Callable[[Any], Any] | None = None
   evaluate: Callable[[Any], Mapping[str, float]] | None = None
+  # An evaluation metric (higher is better) that picks which evaluated checkpoint the
+  # stage exports, as the paper picks its SFT model on validation; None: the last.
+  select_by: str | None = None
   # (final state, final evaluation) -> the exports, the stage's own last (its card
   # marks the stage finished).
   exports: Callable[[Any, Mapping[str, float]], Sequence[Export]]
@@ -136,6 +139,35 @@ def _restore_or_begin(program: StageProgram, state, shardings, checkpointer):
   return (program.begin(state) if program.begin is not None else state), 0
 
 
+SELECTED = "selected"  # the stage's subdirectory holding its best checkpoint so far
+
+
+def _keep_if_best(program: StageProgram, state, evaluation: Mapping[str, float]) -> None:
+  """Saves state's params as the selected checkpoint if `evaluation` beats the saved one
+  on program.select_by (ties keep the earlier)."""
+  if program.select_by not in evaluation:
+    raise KeyError(f"[{program.name}] select_by={program.select_by!r} is not one of its "
+                   f"evaluation's metrics {sorted(evaluation)}")
+  where = os.path.join(program.workdir, SELECTED)
+  if stage_export.is_exported(where):
+    best = stage_export.read_card(where, expected_stages=(program.name,))
+    if not evaluation[program.select_by] > best.final_eval[program.select_by]:
+      return
+  card = program.exports(state, evaluation)[-1].card
+  stage_export.save_export(where, state.params, card)
+
+
+def _selected(program: StageProgram, state) -> tuple[Any, dict[str, float]]:
+  """-> (state with the selected checkpoint's params and step, its evaluation)."""
+  where = os.path.join(program.workdir, SELECTED)
+  params, card = stage_export.load_export(where, sharding.abstract_tree(state.params),
+                                          expected_stages=(program.name,))
+  print(f"[{program.name}] exports {program.unit} {card.steps} of {int(state.step)}: the "
+        f"best {program.select_by}={card.final_eval[program.select_by]:.4f}", flush=True)
+  step = np.asarray(card.steps, dtype=state.step.dtype)
+  return state.replace(params=params, step=step), dict(card.final_eval)
+
+
 def _check_finite(program: StageProgram, done: int, metrics, checkpointer) -> None:
   skips = int(metrics["consecutive_skips"])
   if skips >= program.cadence.max_consecutive_skips:
@@ -148,7 +180,8 @@ def _check_finite(program: StageProgram, done: int, metrics, checkpointer) -> No
 
 def train(program: StageProgram) -> tuple[Any, dict[str, float]]:
   """Trains to program.cadence.total, resuming from the stage's checkpoints.
-  -> (final state, sharded; its evaluation, {} without one)."""
+  -> (final state, sharded; its evaluation, {} without one); with program.select_by, the
+  selected checkpoint's params and step in place of the final ones, and its evaluation."""
   every = program.cadence
   state, shardings = sharding.create_sharded(program.init_state, program.mesh,
                                              jax.random.PRNGKey(program.seed))
@@ -178,6 +211,8 @@ def train(program: StageProgram) -> tuple[Any, dict[str, float]]:
         if program.evaluate is not None and every.due(every.eval_every, done):
           final_eval = to_floats(program.evaluate(state))
           run_log.write(done, final_eval, prefix="eval/")
+          if program.select_by is not None:
+            _keep_if_best(program, state, final_eval)
         if every.due(every.checkpoint_every, done):
           checkpointer.save(done, state, extra={k: it.get_state()
                                                 for k, it in program.iterators.items()})
@@ -189,4 +224,6 @@ def train(program: StageProgram) -> tuple[Any, dict[str, float]]:
       iterator.close()  # stops a prefetching worker
   if final_eval is None:  # resumed from the last checkpoint: nothing left to train
     final_eval = to_floats(program.evaluate(state)) if program.evaluate is not None else {}
+  if program.select_by is not None:
+    return _selected(program, state)
   return state, final_eval

@@ -184,7 +184,8 @@ show_answers("pretrain")
 ## Stage 1: supervised fine-tuning
 
 Demonstrations (prompt -> ideal answer), loss on the answer tokens only, starting from the
-vanilla LM. The stage also tracks the gold score of greedy answers.
+vanilla LM. The stage also tracks the gold score of greedy answers to the validation
+prompts, and exports the evaluated checkpoint that scored best on them.
 '''),
     ("code", '''
 sft.run(config, RUN_DIR, stage="sft")

@@ -13,13 +13,15 @@ import pytest
 
 from instructjax import pipeline, stage_table
 from instructjax.config import load_config
+from instructjax.data.testbed import FAMILIES
 from notebook_client import NOTEBOOKS, NUMBER, cell_printing, execute, figures, stdout
 
 QUICK = "experiments/instructgpt_tiny.py:quick"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CLAIM_IDS = {"aligned_small_beats_large_vanilla", "alignment_cost_modest",
-             "held_out_labelers_generalize", "ptx_reduces_alignment_tax", "win_rate_ordering"}
+             "held_out_labelers_generalize", "ptx_reduces_alignment_tax", "win_rate_ordering",
+             "rlhf_improves_answers", "rlhf_improves_correctness"}
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +83,48 @@ def test_report_files_and_claims(quick_run):
   assert results["models"]["sft"]["kl_to_sft"] == pytest.approx(0.0, abs=1e-4)
 
 
-def test_ppo_ptx_pays_less_alignment_tax_than_ppo(quick_run):
+def test_the_ptx_term_lowers_the_loss_on_its_own_distribution(quick_run):
   _, _, results = quick_run
   models = results["models"]
   assert models["ppo_ptx"]["pretrain_loss"] < models["ppo"]["pretrain_loss"]
+
+
+def test_sft_exports_its_best_checkpoint_on_validation(quick_run):
+  config, run_dir, _ = quick_run
+  with open(os.path.join(run_dir, "sft", "metrics.jsonl"), encoding="utf-8") as f:
+    evaluated = {row["step"]: row["eval/val_gold_score"] for row in map(json.loads, f)
+                 if "eval/val_gold_score" in row}
+  assert sorted(evaluated) == list(range(config.sft.eval_every, config.sft.steps + 1,
+                                         config.sft.eval_every))
+  best = max(evaluated.values())
+  first_best = min(step for step, gold in evaluated.items() if gold == best)
+  with open(os.path.join(run_dir, "sft", "export", "export.json"), encoding="utf-8") as f:
+    card = json.load(f)
+  assert card["steps"] == first_best
+  assert card["final_eval"]["val_gold_score"] == pytest.approx(best)
+
+
+def test_the_controls_are_measured_for_every_model(quick_run):
+  _, _, results = quick_run
+  for name, model in results["models"].items():
+    by_family = model["gold_by_family"]
+    assert set(by_family) <= set(FAMILIES) and len(by_family) >= 5, name
+    assert all(0.0 <= v <= 1.0 for v in by_family.values()), name
+    probes = model["probe_accuracy"]
+    assert probes["average"]["n"] == 5 * 40 and probes["average"]["chance"] == 0.25, name
+    assert 0.0 <= probes["average"]["accuracy"] <= 1.0, name
+    assert model["distinct_text_loss"] > 0.0, name
+    gain = model["gold_gain_vs_sft"]
+    assert gain["rate"] == pytest.approx(
+        model["gold_score"] - results["models"]["sft"]["gold_score"], abs=1e-9), name
+    gain = model["credit_gain_vs_sft"]
+    assert gain["rate"] == pytest.approx(
+        model["credit"] - results["models"]["sft"]["credit"], abs=1e-9), name
+  assert results["models"]["sft"]["gold_gain_vs_sft"]["rate"] == 0.0
+  assert 0.0 <= results["rm_accuracy"]["correctness"] <= 1.0
+  agreement = results["labeler_agreement"]
+  assert agreement["train_train"]["labeler_pairs"] == 15  # 6 training labelers
+  assert agreement["train_heldout"]["labeler_pairs"] == 18  # x 3 held-out
 
 
 def _ppo_metrics(run_dir, stage):

@@ -13,7 +13,7 @@ from instructjax.data.testbed import pretraining, splits, tasks, world
 from instructjax.data.testbed.splits import TestbedSizes
 
 SMALL = TestbedSizes(pretrain=300, pretrain_heldout=50, sft=60, rm_train=60, rm_eval=20,
-                     ppo=120, eval=40, train_labelers=3, heldout_labelers=2)
+                     ppo=120, eval=40, val=40, train_labelers=3, heldout_labelers=2)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def default_testbed():
   seconds = time.perf_counter() - start
   counts = {name: len(getattr(testbed, name)) for name in (
       "pretrain", "pretrain_heldout", "sft", "rm_train", "rm_eval", "ppo_prompts",
-      "eval_prompts")}
+      "eval_prompts", "val_prompts")}
   print(f"\ndefault testbed generated in {seconds:.2f} s: {counts}")
   return testbed
 
@@ -35,6 +35,7 @@ def _prompt_sets(testbed):
       "rm_eval": {r.example.prompt for r in testbed.rm_eval},
       "ppo": {e.prompt for e in testbed.ppo_prompts},
       "eval": {e.prompt for e in testbed.eval_prompts},
+      "val": {e.prompt for e in testbed.val_prompts},
   }
 
 
@@ -48,6 +49,7 @@ def test_default_sizes(default_testbed):
   assert len(tb.rm_eval) == 2 * sizes.rm_eval  # a training and a held-out labeler each
   assert len(tb.ppo_prompts) == sizes.ppo
   assert len(tb.eval_prompts) == sizes.eval
+  assert len(tb.val_prompts) == sizes.val
   assert len(tb.sft) < len(tb.ppo_prompts)  # fewer demonstrations than RL prompts
 
 
@@ -56,6 +58,7 @@ def test_prompt_sets_are_disjoint_and_unique(default_testbed):
   assert len(sets["sft"]) == len(default_testbed.sft)
   assert len(sets["ppo"]) == len(default_testbed.ppo_prompts)
   assert len(sets["eval"]) == len(default_testbed.eval_prompts)
+  assert len(sets["val"]) == len(default_testbed.val_prompts)
   assert len(sets["rm_train"]) == len(default_testbed.rm_train)
   names = list(sets)
   for i, a in enumerate(names):
@@ -136,7 +139,7 @@ def test_write_testbed(tmp_path):
   tb = splits.build_testbed(seed=5, sizes=SMALL)
   paths = splits.write_testbed(tb, tmp_path / "out")
   expected_files = {"pretrain", "pretrain_heldout", "sft", "rm_train", "rm_eval",
-                    "ppo_prompts", "eval_prompts"}
+                    "ppo_prompts", "eval_prompts", "val_prompts"}
   assert set(paths) == expected_files
   rows = {}
   for name, path in paths.items():
@@ -147,6 +150,7 @@ def test_write_testbed(tmp_path):
   assert rows["sft"] == [{"prompt": e.prompt, "response": e.answer} for e in tb.sft]
   assert rows["ppo_prompts"] == [{"prompt": e.prompt} for e in tb.ppo_prompts]
   assert rows["eval_prompts"] == [{"prompt": e.prompt} for e in tb.eval_prompts]
+  assert rows["val_prompts"] == [{"prompt": e.prompt} for e in tb.val_prompts]
   for name in ("rm_train", "rm_eval"):
     assert len(rows[name]) == len(getattr(tb, name))
     for row, ranking in zip(rows[name], getattr(tb, name)):

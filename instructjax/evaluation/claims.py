@@ -55,7 +55,8 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict]:
   """Each of the paper's claims, judged on results.json's content."""
   return [claim(results) for claim in (
       _aligned_small_beats_large_vanilla, _alignment_cost_modest,
-      _held_out_labelers_generalize, _ptx_reduces_alignment_tax, _win_rate_ordering)]
+      _held_out_labelers_generalize, _ptx_reduces_alignment_tax, _win_rate_ordering,
+      _rlhf_improves_answers, _rlhf_improves_correctness)]
 
 
 def _aligned_small_beats_large_vanilla(results: dict[str, Any]) -> dict:
@@ -74,7 +75,12 @@ def _aligned_small_beats_large_vanilla(results: dict[str, Any]) -> dict:
                    "ci_low": beats["ci_low"],
                    "win_rate_vs_large_vanilla_prompted": beats_prompted["rate"],
                    "ci_low_prompted": beats_prompted["ci_low"],
-                   "params_ratio": models["vanilla_big"]["params"] / models["ppo_ptx"]["params"]},
+                   "params_ratio": models["vanilla_big"]["params"] / models["ppo_ptx"]["params"],
+                   # The control: how much of the win SFT alone already has.
+                   "sft_win_rate_vs_large_vanilla":
+                       1.0 - _rate(models, "vanilla_big")["rate"],
+                   "sft_win_rate_vs_large_vanilla_prompted":
+                       1.0 - _rate(models, "vanilla_big_fewshot")["rate"]},
       "reproduced": bool(beats["ci_low"] > 0.5 and beats_prompted["ci_low"] > 0.5),
   }
 
@@ -108,30 +114,84 @@ def _held_out_labelers_generalize(results: dict[str, Any]) -> dict:
                    "0.5 and within 0.1 of the training labelers' win rate.",
       "measured": {"win_rate_train_labelers": train["rate"],
                    "win_rate_heldout_labelers": held["rate"],
-                   "difference": held["rate"] - train["rate"]},
+                   "difference": held["rate"] - train["rate"],
+                   # How far the held-out labelers' tastes are from the training ones'.
+                   **{f"agreement_{group}": stats["mean"] for group, stats
+                      in results.get("labeler_agreement", {}).items()}},
       "reproduced": bool(held["rate"] > 0.5 and abs(held["rate"] - train["rate"]) <= 0.1),
   }
 
 
+def _probe_accuracy(models, name):
+  return models[name]["probe_accuracy"]["average"]["accuracy"]
+
+
 def _ptx_reduces_alignment_tax(results: dict[str, Any]) -> dict:
+  """Judged off the ptx data: held-out task formats and text of kinds the pretraining
+  text lacks (the loss on held-out ptx-distribution text is reported, not judged: PPO-ptx
+  trains on that distribution, so it would win by construction)."""
   models = results["models"]
-  tax_ppo = models["ppo"]["pretrain_loss"] - models["sft"]["pretrain_loss"]
-  tax_ptx = models["ppo_ptx"]["pretrain_loss"] - models["sft"]["pretrain_loss"]
+  accuracy = {name: _probe_accuracy(models, name) for name in ("vanilla", "sft", "ppo", "ppo_ptx")}
+  loss = {name: models[name]["distinct_text_loss"]
+          for name in ("vanilla", "sft", "ppo", "ppo_ptx")}
   ppo_rate = _rate(models, "ppo")["rate"]
   ptx_rate = _rate(models, "ppo_ptx")["rate"]
   return {
       "id": "ptx_reduces_alignment_tax",
-      "paper": "PPO-ptx reduces the regressions on the pretraining distribution that PPO "
-               "causes, without hurting labeler preference.",
-      "criterion": "PPO-ptx's held-out pretraining loss is lower than PPO's, and its win "
-                   "rate against SFT is no more than 0.05 below PPO's.",
-      "measured": {"pretrain_loss_sft": models["sft"]["pretrain_loss"],
-                   "pretrain_loss_ppo": models["ppo"]["pretrain_loss"],
-                   "pretrain_loss_ppo_ptx": models["ppo_ptx"]["pretrain_loss"],
-                   "tax_ppo": tax_ppo, "tax_ppo_ptx": tax_ptx,
+      "paper": "PPO causes regressions on public NLP benchmarks (the alignment tax, "
+               "against GPT-3); PPO-ptx reduces them without hurting labeler preference.",
+      "criterion": "On what the ptx data does not contain: PPO-ptx's mean accuracy on the "
+                   "held-out task formats is higher than PPO's and its loss on the distinct "
+                   "text lower; its win rate against SFT is no more than 0.05 below PPO's.",
+      "measured": {**{f"probe_accuracy_{n}": a for n, a in accuracy.items()},
+                   **{f"distinct_text_loss_{n}": v for n, v in loss.items()},
+                   "ptx_heldout_loss_ppo": models["ppo"]["pretrain_loss"],
+                   "ptx_heldout_loss_ppo_ptx": models["ppo_ptx"]["pretrain_loss"],
                    "win_rate_ppo": ppo_rate, "win_rate_ppo_ptx": ptx_rate},
-      "reproduced": bool((models["ppo_ptx"]["pretrain_loss"] < models["ppo"]["pretrain_loss"]
-                     and ptx_rate >= ppo_rate - 0.05)),
+      "reproduced": bool(accuracy["ppo_ptx"] > accuracy["ppo"]
+                         and loss["ppo_ptx"] < loss["ppo"] and ptx_rate >= ppo_rate - 0.05),
+  }
+
+
+def _gains_over_sft(models, measure: str) -> tuple[dict, dict]:
+  """PPO's and PPO-ptx's paired gains over SFT in `measure` ("gold", "credit"), and
+  their point estimates and lower 95% bounds as a claim's measurements."""
+  gains = {name: models[name][f"{measure}_gain_vs_sft"] for name in ("ppo", "ppo_ptx")}
+  measured = ({f"{measure}_gain_{name}": gain["rate"] for name, gain in gains.items()}
+              | {f"ci_low_{name}": gain["ci_low"] for name, gain in gains.items()})
+  return gains, measured
+
+
+def _rlhf_improves_answers(results: dict[str, Any]) -> dict:
+  gains, measured = _gains_over_sft(results["models"], "gold")
+  return {
+      "id": "rlhf_improves_answers",
+      "paper": "RLHF improves on the SFT model it starts from: labelers prefer PPO and "
+               "PPO-ptx outputs to SFT's at every model size.",
+      "criterion": "On the test prompts, PPO's and PPO-ptx's greedy answers gain at least "
+                   "0.1 gold score over SFT's, with the 95% interval of the paired gain "
+                   "above 0. The gold score charges extra words, so dropping chatter "
+                   "counts here; rlhf_improves_correctness asks for more right answers.",
+      "measured": measured,
+      "reproduced": bool(all(g["rate"] >= 0.1 and g["ci_low"] > 0 for g in gains.values())),
+  }
+
+
+def _rlhf_improves_correctness(results: dict[str, Any]) -> dict:
+  models = results["models"]
+  gains, measured = _gains_over_sft(models, "credit")
+  return {
+      "id": "rlhf_improves_correctness",
+      "paper": "InstructGPT's outputs are better answers, not only better-mannered ones "
+               "(more truthful, fewer hallucinations, better at following the "
+               "instruction's constraints).",
+      "criterion": "On the test prompts, PPO's and PPO-ptx's greedy answers gain credit "
+                   "over SFT's (how much of the answer is right, before the gold score's "
+                   "charge for extra words), with the 95% interval of the paired gain "
+                   "above 0.",
+      "measured": measured | {f"remark_rate_{name}": models[name].get("remark_rate")
+                     for name in ("sft", "ppo", "ppo_ptx")},
+      "reproduced": bool(all(g["ci_low"] > 0 for g in gains.values())),
   }
 
 

@@ -1,9 +1,11 @@
 """The pipeline's evaluation: every model against the SFT policy, as the paper does.
 
 For the vanilla LMs (small and large, zero-shot and few-shot prompted), SFT, PPO and
-PPO-ptx: greedy answers to held-out prompts, their gold score, their win rate against
-the SFT policy's answers as judged by the simulated labelers (training and held-out
-labelers separately), the loss on held-out pretraining documents (the alignment tax),
+PPO-ptx: greedy answers to the test prompts, their gold score (overall, per task family,
+and its paired gain over SFT), their win rate against the SFT policy's answers as judged
+by the simulated labelers (training and held-out labelers separately), the alignment
+tax off the ptx data (accuracy on held-out task formats, loss on distinct text), the
+loss on held-out documents of the ptx distribution,
 and on one temperature-1 sample per prompt: the KL to SFT, the RM's normalised score
 and the gold score (each method's point on the reward-KL frontier). The methods beyond
 InstructGPT (DPO, RLOO, GRPO) are contestants when the run trains them.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import random
 from typing import Any, Sequence
 
 import jax
@@ -24,7 +27,8 @@ import numpy as np
 from instructjax import (hf_import, losses, multihost, sampling, sharding, stage_export,
                          stage_table)
 from instructjax.data import batching, records, sources, testbed, tokenize
-from instructjax.evaluation import measures
+from instructjax.data.testbed import probes
+from instructjax.evaluation import measures, tax
 from instructjax.evaluation.contestants import (BASELINE, CHAMPION, LABELER_GROUPS, RIVALS,
                                                Contestant, contestant, contestants_for)
 from instructjax.models import CausalLM, ScalarModel, last_token_value
@@ -43,6 +47,14 @@ def win_rate(examples, responses: Sequence[str], baseline: Sequence[str], labele
   return measures.mean_with_ci([
       np.mean([l.preference_probability(e, a, b) for l in labelers])
       for e, a, b in zip(examples, responses, baseline)])
+
+
+def paired_gain(measure, examples, responses: Sequence[str],
+                baseline: Sequence[str]) -> dict:
+  """Mean paired difference of measure(example, response) (responses minus baseline,
+  prompt by prompt) with its 95% normal-approximation interval."""
+  return measures.mean_with_ci([measure(e, a) - measure(e, b)
+                                for e, a, b in zip(examples, responses, baseline)])
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "reference", "prompt_len"))
@@ -128,9 +140,11 @@ class Models:
 
 def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   """-> the 'models' and 'head_to_head' sections of results.json:
-  models[name] = {label, stage, params, gold_score, pretrain_loss, samples, win_rate_vs_sft
-  [labeler group], kl_to_sft, rm_score_sampled, gold_score_sampled}; head_to_head[rival][labeler group] = CHAMPION's win rate
-  against the rival's answers."""
+  models[name] = {label, stage, params, gold_score, gold_by_family, credit, remark_rate,
+  extra_words, pretrain_loss, probe_accuracy, distinct_text_loss, samples,
+  win_rate_vs_sft[labeler group], gold_gain_vs_sft, credit_gain_vs_sft, kl_to_sft,
+  rm_score_sampled, gold_score_sampled}; head_to_head[rival][labeler group] = CHAMPION's
+  win rate against the rival's answers."""
   data = sources.load_data(config, run_dir)
   bed = data.testbed
   if bed is None:
@@ -154,6 +168,10 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
     results[c.name]["win_rate_vs_sft"] = {
         group: win_rate(examples, answers[c.name], answers[BASELINE], labelers)
         for group, labelers in judges.items()}
+    results[c.name]["gold_gain_vs_sft"] = paired_gain(testbed.score, examples,
+                                                      answers[c.name], answers[BASELINE])
+    results[c.name]["credit_gain_vs_sft"] = paired_gain(testbed.credit, examples,
+                                                        answers[c.name], answers[BASELINE])
     if c.few_shot:  # its prompts differ from SFT's
       results[c.name].update(kl_to_sft=None, rm_score_sampled=None, gold_score_sampled=None)
       continue
@@ -180,6 +198,22 @@ def _reward_model(config, run_dir: str, mesh) -> RewardModel:
   return RewardModel(model=model, params=params, bias=card.reward_bias)
 
 
+def tax_measures(config, tokenizer, model, params, *, split: str, mesh) -> dict:
+  """The alignment tax off the ptx data: accuracy on the held-out task formats
+  (`probes.probe_items`) and LM loss on text of kinds the pretraining text lacks, each
+  drawn for `split` ("val" for choices, "test" for the final evaluation)."""
+  items = probes.probe_items(random.Random(f"instructjax-probes/{split}/{config.seed}"),
+                             per_benchmark=config.eval.probes_per_benchmark)
+  documents = probes.distinct_documents(
+      random.Random(f"instructjax-distinct/{split}/{config.seed}"),
+      config.eval.distinct_documents)
+  return {
+      "probe_accuracy": tax.probe_accuracy(model, params, items, tokenizer, mesh=mesh),
+      "distinct_text_loss": tax.distinct_text_loss(
+          model, params, documents, tokenizer, mesh=mesh, buckets=tuple(config.data.buckets)),
+  }
+
+
 def _answer(config, data, c: Contestant, model_and_params, examples, heldout_docs, *, mesh,
             rng):
   """-> (c's greedy answers to examples, its results entry so far: gold score, loss on
@@ -199,8 +233,11 @@ def _answer(config, data, c: Contestant, model_and_params, examples, heldout_doc
       batch_size=32, buckets=(prompt_len,), mesh=mesh, rng=rng)
   doc_batcher = batching.PretrainBatcher(tok, buckets=tuple(config.data.buckets))
   return answers, {
+      **tax_measures(config, tok, model, params, split="test", mesh=mesh),
       "label": c.label, "stage": c.stage, "params": model.config.num_params(),
       "gold_score": measures.mean_gold_score(examples, answers),
+      "gold_by_family": measures.gold_by_family(examples, answers),
+      **measures.correctness_and_habit(examples, answers),
       "pretrain_loss": measures.lm_loss(model.apply, params, heldout_docs, doc_batcher,
                                         batch_size=32, mesh=mesh),
       "samples": [{"prompt": e.prompt, "response": r, "gold": testbed.score(e, r)}

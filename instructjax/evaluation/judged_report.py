@@ -14,9 +14,10 @@ from typing import Any, Mapping
 from instructjax.atomic_write import write_atomic
 from instructjax.evaluation import plots
 from instructjax.evaluation.judged_eval import JUDGE_TITLES, JUDGES
-from instructjax.evaluation.report import (PLOTS_DIR, Block, Collapsed, Heading, Image,
-                                           Paragraph, Table, number, rate_with_ci, time_rows,
-                                           to_html, to_markdown)
+from instructjax.evaluation.report import (PLOTS_DIR, rate_with_ci, time_rows, to_html,
+                                           to_markdown)
+from instructjax.evaluation.report_blocks import (Block, Collapsed, Heading, Image,
+                                                  Paragraph, Table, number)
 
 _JUDGE_GROUPS = tuple(zip(JUDGES, (JUDGE_TITLES[j] for j in JUDGES), ("#4C72B0", "#DD8452")))
 MAX_RESPONSE_CHARS = 600

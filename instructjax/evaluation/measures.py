@@ -11,6 +11,7 @@ import numpy as np
 
 from instructjax import losses, multihost, sampling, sharding
 from instructjax.data import batching, records, testbed, tokenize
+from instructjax.data.testbed import world
 from instructjax.data.batches import PromptBatch
 
 
@@ -100,5 +101,26 @@ def mean_with_ci(per_prompt) -> dict:
 
 def mean_gold_score(examples, responses: Sequence[str]) -> float:
   return float(np.mean([testbed.score(e, r) for e, r in zip(examples, responses)]))
+
+
+def correctness_and_habit(examples, responses: Sequence[str]) -> dict[str, float]:
+  """What the gold score is made of: mean credit (how much of the answer is right,
+  before the charge for extra words), the share of answers with a polite remark, and
+  mean extra words. Tells answers that got more right from answers that only lost
+  the remark."""
+  return {
+      "credit": float(np.mean([testbed.credit(e, r) for e, r in zip(examples, responses)])),
+      "remark_rate": float(np.mean([any(m in r for m in world.REMARKS) for r in responses])),
+      "extra_words": float(np.mean([testbed.extra_words(e, r)
+                                    for e, r in zip(examples, responses)])),
+  }
+
+
+def gold_by_family(examples, responses: Sequence[str]) -> dict[str, float]:
+  """Mean gold score per task family, in testbed.FAMILIES order (families present)."""
+  scores: dict[str, list[float]] = {}
+  for e, r in zip(examples, responses):
+    scores.setdefault(e.family, []).append(testbed.score(e, r))
+  return {f: float(np.mean(scores[f])) for f in testbed.FAMILIES if f in scores}
 
 

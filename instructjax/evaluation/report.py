@@ -18,17 +18,18 @@ results (samples, labels, claim text) is escaped for the format it lands in.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import json
 import math
 import os
 import re
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence
 
 from instructjax import stage_table
 from instructjax.atomic_write import write_atomic
-from instructjax.evaluation import plots
+from instructjax.evaluation import controls_report, plots
+from instructjax.evaluation.report_blocks import (Block, Collapsed, Definitions, Heading,
+                                                  Image, Paragraph, Table, finite, number)
 from instructjax.evaluation.contestants import CHAMPION, LABELER_TITLES
 
 PLOTS_DIR = "plots"
@@ -108,67 +109,12 @@ def _check_methods(methods: Any, models: Mapping[str, Any]) -> None:
     raise ReportError(f"results['methods']: {unknown} not in results['models']")
 
 
-# ----------------------------------------------------------------------------- blocks
-
-
-@dataclasses.dataclass(frozen=True)
-class Heading:
-  level: int
-  text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Paragraph:
-  text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Definitions:
-  """A bulleted list of (term, text) pairs; the term is shown in bold."""
-  items: Sequence[tuple[str, str]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-  header: Sequence[str]
-  rows: Sequence[Sequence[str]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Image:
-  name: str  # file name under PLOTS_DIR, without ".png"
-  caption: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Collapsed:
-  """Preformatted text hidden behind a summary line (the config)."""
-  summary: str
-  text: str
-
-
-Block = Union[Heading, Paragraph, Definitions, Table, Image, Collapsed]
-
-
-# ----------------------------------------------------------------------------- numbers
-
-
-def _finite(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def number(value: Any, digits: int = 3) -> str:
-  if isinstance(value, bool):
-    return str(value).lower()
-  return f"{value:.{digits}f}" if _finite(value) else "n/a"
-
-
 def _sci(value: Any) -> str:
-  return f"{value:.2e}" if _finite(value) else "n/a"
+  return f"{value:.2e}" if finite(value) else "n/a"
 
 
 def _count(value: Any) -> str:
-  if not _finite(value):
+  if not finite(value):
     return "n/a"
   for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
     if abs(value) >= scale:
@@ -177,7 +123,7 @@ def _count(value: Any) -> str:
 
 
 def _seconds(value: Any) -> str:
-  if not _finite(value):
+  if not finite(value):
     return "n/a"
   minutes, seconds = divmod(value, 60.0)
   return f"{int(minutes)} min {seconds:.0f} s" if minutes else f"{seconds:.1f} s"
@@ -318,12 +264,16 @@ def _method_blocks(results: Mapping[str, Any]) -> list[Block]:
 
 
 def _reward_model_blocks(accuracy: Mapping[str, float]) -> list[Block]:
+  rows = [(title, number(accuracy[group])) for group, title in _LABELER_GROUPS]
+  if accuracy.get("correctness") is not None:
+    rows.append(("Correctness only: the ideal answer vs a near miss (a word dropped, "
+                 "swapped or wrong)", number(accuracy["correctness"])))
   return [
       Heading(2, "Reward model"),
-      Paragraph("Pairwise accuracy: how often the reward model scores the response a "
-                "labeler preferred above the other one (0.5 is chance)."),
-      Table(("Labelers", "Accuracy"),
-            [(title, number(accuracy[group])) for group, title in _LABELER_GROUPS]),
+      Paragraph("Pairwise accuracy on the rm_eval prompts: how often the reward model "
+                "scores the response a labeler preferred above the other one (0.5 is "
+                "chance)."),
+      Table(("Comparisons", "Accuracy"), rows),
   ]
 
 
@@ -343,7 +293,7 @@ def _compute_blocks(results: Mapping[str, Any]) -> list[Block]:
   rows.append(("total", _sci(sum(flops.values())), *cells[-1]))
   alignment = sum(flops.get(s, 0.0) for s in _ALIGNMENT_STAGES)
   pretrain = flops.get("pretrain", 0.0)
-  ratio = (f"{alignment / pretrain:.2%}" if _finite(pretrain) and pretrain > 0
+  ratio = (f"{alignment / pretrain:.2%}" if finite(pretrain) and pretrain > 0
            else "n/a (no pretraining FLOPs)")
   return [
       Heading(2, "Compute"),
@@ -421,9 +371,13 @@ def report_blocks(results: Mapping[str, Any]) -> list[Block]:
       Heading(1, "instructjax: InstructGPT in miniature"),
       Paragraph(_summary(results)),
       *_claim_blocks(results["claims"]),
+      *controls_report.choices_blocks(results["config"]),
       *_model_blocks(results),
       *_method_blocks(results),
+      *controls_report.family_blocks(results["models"]),
+      *controls_report.tax_blocks(results["models"]),
       *_reward_model_blocks(results["rm_accuracy"]),
+      *controls_report.agreement_blocks(results.get("labeler_agreement")),
       *_compute_blocks(results),
       Heading(2, "Plots"),
       *[Image(name, caption) for name, caption in _figure_captions(results)],

@@ -10,11 +10,12 @@ phenomena appear at laptop scale (misaligned vanilla LM, SFT, reward model, PPO)
 from instructjax.data.testbed.labelers import Labeler, make_labelers
 from instructjax.data.testbed.splits import (
     Ranking, Testbed, TestbedSizes, build_testbed, write_testbed)
-from instructjax.data.testbed.tasks import FAMILIES, Example, score
+from instructjax.data.testbed.tasks import FAMILIES, Example, credit, extra_words, score
 from instructjax.data.testbed.tokenizer import EOS_TOKEN, PAD_TOKEN, train_tokenizer
 
 __all__ = [
     "EOS_TOKEN", "Example", "FAMILIES", "Labeler", "PAD_TOKEN", "Ranking", "Testbed",
-    "TestbedSizes", "build_testbed", "make_labelers", "score", "train_tokenizer",
+    "TestbedSizes", "build_testbed", "credit", "extra_words", "make_labelers", "score",
+    "train_tokenizer",
     "write_testbed",
 ]

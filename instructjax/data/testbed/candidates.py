@@ -106,6 +106,14 @@ _KINDS: tuple[Callable[[Example, random.Random], str | None], ...] = (
     _nearly_empty)
 
 
+def near_misses(example: Example, rng: random.Random) -> list[str]:
+  """Answers that differ from the ideal one in correctness only (a word dropped, two
+  swapped, one wrong or a number a little off; no chatter, about the same length): a
+  reward model that orders (ideal, near miss) judges answers, not style."""
+  misses = (kind(example, rng) for kind in (_drop_word, _swap_words, _wrong_word))
+  return [m for m in misses if m is not None and m != example.answer]
+
+
 def demonstration(example: Example, rng: random.Random, *, remark_fraction: float) -> str:
   """A demonstrator's response: the ideal answer, followed with probability
   remark_fraction by a polite remark (world.REMARKS) that the gold score counts as extra

@@ -1,9 +1,11 @@
 """The whole testbed: pretraining text, demonstrations, rankings, RL and eval prompts.
 
 As in the paper, the demonstrations (SFT) are fewer than the RL prompts, and the SFT,
-RM, PPO and evaluation prompt sets are disjoint: each split draws from its own random
-stream, in a fixed order (eval, sft, rm_train, rm_eval, ppo), skipping prompts taken
-by earlier splits, so the evaluation prompts depend only on the seed and their count.
+RM, PPO, validation and test prompt sets are disjoint: each split draws from its own
+random stream, in a fixed order (eval, val, sft, rm_train, rm_eval, ppo), skipping
+prompts taken by earlier splits, so the test prompts depend only on the seed and their
+count. Every choice a run makes (the SFT checkpoint, beta, gamma) is made on the
+validation prompts; the test prompts (eval) are seen only by the final evaluation.
 Pretraining documents contain none of the splits' tasks. Held-out labelers rank only
 the RM evaluation prompts.
 
@@ -13,7 +15,8 @@ Files written by `write_testbed` use the project's generic JSON-lines schemas:
   rm_train.jsonl, rm_eval.jsonl           {"prompt": str, "responses": [str, ...],
                                            "ranking": [int, ...] (best first),
                                            "labeler": int}
-  ppo_prompts.jsonl, eval_prompts.jsonl   {"prompt": str}
+  ppo_prompts.jsonl, val_prompts.jsonl,   {"prompt": str}
+  eval_prompts.jsonl
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class TestbedSizes:
   rm_train: int = 1_200  # prompts ranked by one training labeler each
   rm_eval: int = 200  # prompts ranked by a training AND a held-out labeler
   ppo: int = 2_400  # RL prompts: more than the demonstrations, as in the paper
-  eval: int = 300  # prompts for win-rate and gold-score evaluation
+  eval: int = 300  # test prompts: the final evaluation's only
+  val: int = 300  # validation prompts: every choice of a run is made on these
   train_labelers: int = 6
   heldout_labelers: int = 3
   min_responses: int = 4  # K, responses ranked per prompt, is drawn from
@@ -89,11 +93,12 @@ class Testbed:
   rm_train: tuple[Ranking, ...]
   rm_eval: tuple[Ranking, ...]
   ppo_prompts: tuple[Example, ...]
-  eval_prompts: tuple[Example, ...]
+  eval_prompts: tuple[Example, ...]  # test
+  val_prompts: tuple[Example, ...]  # validation
 
   @functools.cached_property
   def _by_prompt(self) -> dict[str, Example]:
-    examples = self.sft + self.ppo_prompts + self.eval_prompts
+    examples = self.sft + self.ppo_prompts + self.eval_prompts + self.val_prompts
     examples += tuple(r.example for r in self.rm_train + self.rm_eval)
     return {e.prompt: e for e in examples}
 
@@ -159,6 +164,7 @@ def build_testbed(*, seed: int, sizes: TestbedSizes = TestbedSizes()) -> Testbed
 
   taken: set[str] = set()
   eval_prompts = _draw_examples(stream("eval"), sizes.eval, taken)
+  val_prompts = _draw_examples(stream("val"), sizes.val, taken)
   sft = _draw_examples(stream("sft"), sizes.sft, taken)
   rm_train_examples = _draw_examples(stream("rm_train"), sizes.rm_train, taken)
   rm_eval_examples = _draw_examples(stream("rm_eval"), sizes.rm_eval, taken)
@@ -184,7 +190,7 @@ def build_testbed(*, seed: int, sizes: TestbedSizes = TestbedSizes()) -> Testbed
                  pretrain_heldout=tuple(d.text for d in heldout), sft=sft,
                  sft_responses=sft_responses,
                  rm_train=rm_train, rm_eval=rm_eval, ppo_prompts=ppo_prompts,
-                 eval_prompts=eval_prompts)
+                 eval_prompts=eval_prompts, val_prompts=val_prompts)
 
 
 def _write_jsonl(path: pathlib.Path, records) -> None:
@@ -206,6 +212,7 @@ def write_testbed(testbed: Testbed, directory: str | os.PathLike) -> dict[str, p
       "rm_eval": [r.record() for r in testbed.rm_eval],
       "ppo_prompts": [{"prompt": e.prompt} for e in testbed.ppo_prompts],
       "eval_prompts": [{"prompt": e.prompt} for e in testbed.eval_prompts],
+      "val_prompts": [{"prompt": e.prompt} for e in testbed.val_prompts],
   }
   paths = {}
   for name, records in splits.items():

@@ -230,22 +230,36 @@ def _as_number(word: str) -> int | None:
   return int(word) if word.isascii() and word.isdigit() else None
 
 
-def score(example: Example, response: str) -> float:
-  """Gold score of `response` to `example` in [0, 1] (see the module docstring)."""
-  if not isinstance(response, str):
-    raise ValueError(f"response must be a str, got {type(response).__name__}")
-  _check_family(example.family)
+def credit(example: Example, response: str) -> float:
+  """How much of the answer `response` gets right, in [0, 1], before any charge for
+  extra words (see the module docstring). Public so labelers can weigh it their way."""
+  _check_response(example, response)
   words = response.split()
   answer = example.answer.split()
   if not words:
     return 0.0
   if numeric_answer(example.family):
     guess = _as_number(words[0])
-    credit = 0.0 if guess is None else 1.0 / (1.0 + abs(guess - int(answer[0])))
-  else:
-    credit = _lcs_length(words, answer) / len(answer)
-  extra = max(0, len(words) - len(answer))
-  return max(0.0, credit - EXTRA_WORD_PENALTY * extra)
+    return 0.0 if guess is None else 1.0 / (1.0 + abs(guess - int(answer[0])))
+  return _lcs_length(words, answer) / len(answer)
+
+
+def extra_words(example: Example, response: str) -> int:
+  """How many words `response` has beyond the answer's (the chatter score charges)."""
+  _check_response(example, response)
+  return max(0, len(response.split()) - len(example.answer.split()))
+
+
+def score(example: Example, response: str) -> float:
+  """Gold score of `response` to `example` in [0, 1] (see the module docstring)."""
+  return max(0.0, credit(example, response)
+             - EXTRA_WORD_PENALTY * extra_words(example, response))
+
+
+def _check_response(example: Example, response: str) -> None:
+  if not isinstance(response, str):
+    raise ValueError(f"response must be a str, got {type(response).__name__}")
+  _check_family(example.family)
 
 
 def _check_family(family: str) -> None:

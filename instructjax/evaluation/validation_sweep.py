@@ -1,0 +1,115 @@
+"""Choosing a hyperparameter on validation data: a stage trained once per value, each
+from the same finished parents, each scored on the validation prompts only.
+
+  python experiments/validity/validation_sweep.py --workdir=runs/demo --stage=ppo \
+      --field=ppo.kl_coef --values=0.02,0.05,0.1
+
+WORKDIR must hold a finished run's parents of the stage (a pipeline run). Each value
+trains in WORKDIR/sweeps/<stage>/<field>=<value>, whose testbed and parent stages are
+links to WORKDIR's, so every value starts from the same SFT policy and RM. Each export
+is scored on the testbed's validation prompts (never the test prompts): the gold score
+of its greedy answers (95% interval), the training labelers' win rate against SFT's
+answers, and the alignment-tax measurements on the validation probes. The rows go to
+WORKDIR/sweeps/<stage>/<field>.json; the run's config records the choice they support
+in its `choices` section.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from instructjax import sharding, stage_table
+from instructjax.atomic_write import write_json
+from instructjax.data import sources, testbed
+from instructjax.evaluation import final_eval, measures
+
+
+def _ancestors(name: str) -> list[str]:
+  out = []
+  for parent in stage_table.stage(name).parents:
+    out += [a for a in _ancestors(parent) + [parent] if a not in out]
+  return out
+
+
+def with_value(config: ml_collections.ConfigDict, field: str,
+               value: Any) -> ml_collections.ConfigDict:
+  """A copy of config with `field` ("ppo.kl_coef") set to value, cast to its type."""
+  out = config.copy_and_resolve_references()
+  *sections, key = field.split(".")
+  node = out
+  for section in sections:
+    node = node[section]
+  if key not in node:
+    raise KeyError(f"--field={field}: config.{'.'.join(sections)} has no field {key!r}")
+  node[key] = type(node[key])(value)
+  return out
+
+
+def value_dir(run_dir: str, stage: str, field: str, value: Any) -> str:
+  return os.path.join(run_dir, "sweeps", stage, f"{field}={value}")
+
+
+def _link_parents(config, run_dir: str, where: str, stage: str) -> None:
+  """Links the testbed and the stage's ancestors into `where`, from run_dir."""
+  os.makedirs(where, exist_ok=True)
+  shared = ["testbed"] if stage_table.has_gold(config) and not config.data.dir else []
+  for name in shared + _ancestors(stage):
+    source, link = os.path.join(run_dir, name), os.path.join(where, name)
+    if not os.path.exists(source):
+      raise FileNotFoundError(f"{source} is missing: run the pipeline in {run_dir} first")
+    if not os.path.islink(link):
+      os.symlink(os.path.abspath(source), link)
+
+
+def validation_measures(config, run_dir: str, stage: str, *, sft_answers=None) -> dict:
+  """Greedy answers of `stage`'s export in run_dir to the validation prompts, scored:
+  gold score (95% CI) and, given SFT's answers, the training labelers' win rate; and the
+  alignment tax on the validation probes and distinct text."""
+  data = sources.load_data(config, run_dir)
+  mesh = sharding.make_mesh(**config.mesh)
+  examples = data.testbed.val_prompts[:config.eval.prompts]
+  model, params = final_eval.Models(config, run_dir, mesh)(stage)
+  tok = data.tokenizer
+  answers = measures.sample_responses(
+      model, params, [e.prompt for e in examples], tok,
+      sampling_config=measures.greedy_config(tok, max_new_tokens=config.eval.max_new_tokens),
+      batch_size=32, buckets=(config.data.max_prompt_len,), mesh=mesh,
+      rng=jax.random.PRNGKey(config.seed))
+  gold = measures.mean_with_ci([testbed.score(e, a) for e, a in zip(examples, answers)])
+  out = {"gold": gold, "answers": answers,
+         **final_eval.tax_measures(config, tok, model, params, split="val", mesh=mesh)}
+  if sft_answers is not None:
+    judges = [l for l in data.testbed.labelers if not l.held_out]
+    out["win_rate_vs_sft"] = final_eval.win_rate(examples, answers, sft_answers, judges)
+  return out
+
+
+def sweep(config: ml_collections.ConfigDict, run_dir: str, *, stage: str, field: str,
+          values: Sequence[Any]) -> list[dict]:
+  """Trains `stage` once per value of `field` and scores each on validation; -> rows
+  {value, gold, win_rate_vs_sft, probe_accuracy, distinct_text_loss}, also written to
+  WORKDIR/sweeps/<stage>/<field>.json with SFT's."""
+  program = stage_table.stage(stage).program
+  run = __import__(program, fromlist=["run"]).run
+  sft = validation_measures(config, run_dir, "sft")
+  rows = []
+  for value in values:
+    cfg = with_value(config, field, value)
+    where = value_dir(run_dir, stage, field, value)
+    _link_parents(cfg, run_dir, where, stage)
+    run(cfg, where, stage=stage)
+    scored = validation_measures(cfg, where, stage, sft_answers=sft["answers"])
+    rows.append({"value": value, **{k: v for k, v in scored.items() if k != "answers"}})
+    print(f"[sweep] {stage} {field}={value}: validation gold {scored['gold']['rate']:.3f} "
+          f"(CI {scored['gold']['ci_low']:.3f}-{scored['gold']['ci_high']:.3f}), win rate "
+          f"vs SFT {scored['win_rate_vs_sft']['rate']:.3f}, held-out formats "
+          f"{scored['probe_accuracy']['average']['accuracy']:.3f}, distinct text loss "
+          f"{scored['distinct_text_loss']:.3f}", flush=True)
+  write_json(os.path.join(run_dir, "sweeps", stage, f"{field}.json"),
+             {"stage": stage, "field": field, "sft": {k: v for k, v in sft.items()
+                                                      if k != "answers"}, "rows": rows})
+  return rows

@@ -1,0 +1,52 @@
+"""Claims judged on hand-made results: each verdict flips when its criterion fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from instructjax.evaluation import claims
+
+
+def _gain(rate, ci_low):
+  return {"rate": rate, "ci_low": ci_low, "ci_high": 2 * rate - ci_low, "n": 200}
+
+
+@pytest.mark.parametrize("ppo, ppo_ptx, reproduced", [
+    (_gain(0.15, 0.05), _gain(0.12, 0.01), True),
+    (_gain(0.15, 0.05), _gain(0.09, 0.02), False),  # PPO-ptx gains less than 0.1
+    (_gain(0.15, -0.01), _gain(0.12, 0.01), False),  # PPO's interval reaches 0
+])
+def test_rlhf_improves_answers_needs_both_gains_and_intervals(ppo, ppo_ptx, reproduced):
+  results = {"models": {"ppo": {"gold_gain_vs_sft": ppo},
+                        "ppo_ptx": {"gold_gain_vs_sft": ppo_ptx}}}
+  claim = claims._rlhf_improves_answers(results)  # pylint: disable=protected-access
+  assert claim["reproduced"] is reproduced
+  assert claim["measured"]["gold_gain_ppo_ptx"] == ppo_ptx["rate"]
+
+
+def test_the_large_vanilla_claim_reports_sfts_own_win_as_the_control():
+  def stats(rate):
+    return {"train_labelers": {"rate": rate, "ci_low": rate - 0.05}}
+  results = {
+      "models": {"vanilla_big": {"params": 600, "win_rate_vs_sft": stats(0.2)},
+                 "vanilla_big_fewshot": {"win_rate_vs_sft": stats(0.3)},
+                 "ppo_ptx": {"params": 100}},
+      "head_to_head": {"vanilla_big": stats(0.8), "vanilla_big_fewshot": stats(0.7)}}
+  claim = claims._aligned_small_beats_large_vanilla(results)  # pylint: disable=protected-access
+  assert claim["reproduced"] is True
+  assert claim["measured"]["sft_win_rate_vs_large_vanilla"] == pytest.approx(0.8)
+  assert claim["measured"]["sft_win_rate_vs_large_vanilla_prompted"] == pytest.approx(0.7)
+  assert claim["measured"]["params_ratio"] == 6.0
+
+
+@pytest.mark.parametrize("low_ppo, low_ptx, reproduced", [
+    (0.01, 0.02, True), (0.01, -0.01, False), (0.0, 0.02, False)])
+def test_rlhf_improves_correctness_needs_both_intervals_above_zero(low_ppo, low_ptx,
+                                                                  reproduced):
+  results = {"models": {
+      "sft": {"remark_rate": 0.6},
+      "ppo": {"credit_gain_vs_sft": _gain(0.05, low_ppo), "remark_rate": 0.0},
+      "ppo_ptx": {"credit_gain_vs_sft": _gain(0.05, low_ptx), "remark_rate": 0.1}}}
+  claim = claims._rlhf_improves_correctness(results)  # pylint: disable=protected-access
+  assert claim["reproduced"] is reproduced
+  assert claim["measured"]["remark_rate_sft"] == 0.6

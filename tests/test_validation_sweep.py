@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from instructjax import stage_export
+from instructjax.config import load_config
 from instructjax.data import sources, testbed
 from instructjax.evaluation import measures, validation_sweep
 from stage_commands import CONFIG, PPO_FLAGS, REPO
@@ -59,3 +60,11 @@ def test_sweep_trains_each_value_from_the_same_parents(test_run, programs, tmp_p
     assert card.ptx_coef == float(value)  # the value reached training
     assert os.path.realpath(os.path.join(where, "sft")) == os.path.realpath(run_dir / "sft")
   assert f"ppo.ptx_coef=2.0: validation gold {rows[1]['gold']['rate']:.3f}" in result.stdout
+
+
+def test_with_value_casts_to_the_fields_type_and_names_an_unknown_field():
+  config = load_config(CONFIG)
+  changed = validation_sweep.with_value(config, "ppo.kl_coef", "0.2")
+  assert changed.ppo.kl_coef == 0.2 and config.ppo.kl_coef != 0.2  # a copy, a float
+  with pytest.raises(KeyError, match="config.ppo has no field 'kl_coeff'"):
+    validation_sweep.with_value(config, "ppo.kl_coeff", "0.2")

@@ -1,6 +1,6 @@
 """The whole InstructGPT recipe on the embedded testbed, sized for a 2-core laptop.
 
-Run the whole pipeline (about 10 minutes on 2 CPU cores):
+Run the whole pipeline (about 12 minutes on 2 CPU cores):
   python -m instructjax.pipeline --workdir=runs/demo
 The variant the tests run (minutes; PPO already beats SFT on its rollouts):
   python -m instructjax.pipeline --config=experiments/instructgpt_tiny.py:quick --workdir=runs/quick
@@ -125,6 +125,29 @@ def _choices():
   ))
 
 
+def _data():
+  """The data section: the embedded testbed, its sizes, and how sequences are cut."""
+  return ml_collections.ConfigDict(dict(
+      source="testbed",  # "testbed" (embedded, no downloads) or "jsonl" (the *_path fields)
+      dir="",  # where the testbed's JSONL files and tokenizer go; "" = WORKDIR/testbed
+      tokenizer="",  # HF tokenizer directory; "" = the testbed's own BPE tokenizer
+      tokenizer_vocab_size=1024,  # the testbed BPE's size; must fit model.vocab_size
+      # Sizes of the generated testbed (instructjax.data.testbed.TestbedSizes).
+      testbed=ml_collections.ConfigDict(dict(
+          pretrain=30_000, pretrain_heldout=1_000, sft=1_200, rm_train=1_200, rm_eval=200,
+          ppo=2_400, eval=300, val=300, train_labelers=6, heldout_labelers=3, min_responses=4,
+          max_responses=9,
+          # Demonstrations ending in a polite remark (extra words to the gold score):
+          # the habit SFT copies and the labelers' preferences should train away.
+          remark_fraction=0.6)),
+      max_prompt_len=48,  # prompts longer than this are cut from the left
+      max_len=96,  # prompt + response; responses are cut from the right
+      buckets=(32, 64, 96),  # padded lengths, so steps compile a bounded number of times
+      skip_bad_rows=False,  # True: skip malformed rows and count them instead of failing
+      prefetch=2,  # batches tokenized ahead on a grain worker thread (0: inline)
+  ))
+
+
 def get_config(variant: str = ""):
   config = ml_collections.ConfigDict()
   config.seed = 0  # every rng in the run derives from it
@@ -147,25 +170,7 @@ def get_config(variant: str = ""):
   # Device mesh (data x fsdp x tensor); -1 takes the devices that are left.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-  config.data = ml_collections.ConfigDict(dict(
-      source="testbed",  # "testbed" (embedded, no downloads) or "jsonl" (the *_path fields)
-      dir="",  # where the testbed's JSONL files and tokenizer go; "" = WORKDIR/testbed
-      tokenizer="",  # HF tokenizer directory; "" = the testbed's own BPE tokenizer
-      tokenizer_vocab_size=1024,  # the testbed BPE's size; must fit model.vocab_size
-      # Sizes of the generated testbed (instructjax.data.testbed.TestbedSizes).
-      testbed=ml_collections.ConfigDict(dict(
-          pretrain=30_000, pretrain_heldout=1_000, sft=1_200, rm_train=1_200, rm_eval=200,
-          ppo=2_400, eval=300, val=300, train_labelers=6, heldout_labelers=3, min_responses=4,
-          max_responses=9,
-          # Demonstrations ending in a polite remark (extra words to the gold score):
-          # the habit SFT copies and the labelers' preferences should train away.
-          remark_fraction=0.6)),
-      max_prompt_len=48,  # prompts longer than this are cut from the left
-      max_len=96,  # prompt + response; responses are cut from the right
-      buckets=(32, 64, 96),  # padded lengths, so steps compile a bounded number of times
-      skip_bad_rows=False,  # True: skip malformed rows and count them instead of failing
-      prefetch=2,  # batches tokenized ahead on a grain worker thread (0: inline)
-  ))
+  config.data = _data()
 
   config.pretrain = _train(steps=1500, batch_size=32, lr=3e-3, warmup_steps=100,
                            weight_decay=0.01)

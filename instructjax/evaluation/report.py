@@ -216,8 +216,9 @@ def _model_blocks(results: Mapping[str, Any]) -> list[Block]:
       Paragraph("Win rates are the fraction of comparisons in which labelers preferred "
                 "the model's response to SFT's, with a 95% confidence interval. KL to "
                 "SFT is in nats per response on the model's own samples; pretraining "
-                "loss is the held-out next-token loss (nats per token), whose rise "
-                "measures the alignment tax."),
+                "loss is the next-token loss (nats per token) on held-out documents of "
+                "the ptx distribution, which PPO-ptx trains on: the alignment tax is "
+                "measured off it (held-out task formats and distinct text, below)."),
       Table(("Model", "Params", "Gold score", "Win vs SFT, training labelers (95% CI; n)",
              "Win vs SFT, held-out labelers (95% CI; n)", "KL to SFT", "Pretraining loss"), rows),
   ]
@@ -310,7 +311,8 @@ _FIGURES = (
                         "(95% CI; dashed line: tie)."),
     ("rm_accuracy", "Reward-model accuracy on comparisons by training and held-out "
                     "labelers."),
-    ("pretrain_loss", "Held-out pretraining loss per model (the alignment tax)."),
+    ("pretrain_loss", "Loss per model on held-out documents of the ptx distribution "
+                      "(PPO-ptx trains on it; the alignment tax is measured off it)."),
     ("gold_score", "Mean gold score per model."),
     ("frontier", "RM score and gold score of each method's temperature-1 samples against "
                  "its KL to SFT: the over-optimisation frontier."),
@@ -334,7 +336,7 @@ def _figures(results: Mapping[str, Any]) -> dict[str, bytes]:
       "rm_accuracy": lambda: plots.rm_accuracy(results["rm_accuracy"]),
       "pretrain_loss": lambda: plots.model_bars(
           models, key="pretrain_loss", ylabel="Held-out NLL (nats / token)",
-          title="Pretraining loss per model (alignment tax)"),
+          title="Loss on held-out ptx-distribution documents"),
       "gold_score": lambda: plots.model_bars(models, key="gold_score",
                                              ylabel="Mean gold score",
                                              title="Gold score per model"),

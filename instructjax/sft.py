@@ -109,12 +109,10 @@ def _evaluator(config, data, model, mesh, *, stage: str):
         max_batches=8)}
     if stage == "sft" and data.testbed is not None:
       examples = data.testbed.val_prompts[:n_prompts]
-      responses = measures.sample_responses(
+      responses = measures.greedy_answers(
           model, state.params, [e.prompt for e in examples], data.tokenizer,
-          sampling_config=measures.greedy_config(
-              data.tokenizer, max_new_tokens=config.eval.max_new_tokens),
-          batch_size=32, buckets=(config.data.max_prompt_len,), mesh=mesh,
-          rng=jax.random.PRNGKey(config.seed))
+          max_new_tokens=config.eval.max_new_tokens, prompt_len=config.data.max_prompt_len,
+          mesh=mesh, rng=jax.random.PRNGKey(config.seed))
       metrics[SELECT_BY] = measures.mean_gold_score(examples, responses)
     return metrics
   return evaluate

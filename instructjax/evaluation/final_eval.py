@@ -160,9 +160,15 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   rng = jax.random.PRNGKey(config.seed + 7)
   heldout_docs = data.read("pretrain_heldout")
   answers, results = {}, {}
+  lm_measured = {}  # (stage, ema) -> what depends on the params only, not the prompts
   for c in contestants_for(config):
-    answers[c.name], results[c.name] = _answer(config, data, c, models(c.stage, ema=c.ema),
-                                               examples, heldout_docs, mesh=mesh, rng=rng)
+    model, params = models(c.stage, ema=c.ema)
+    answers[c.name], results[c.name] = _answer(config, data, c, model, params, examples,
+                                               mesh=mesh, rng=rng)
+    if (c.stage, c.ema) not in lm_measured:  # a few-shot contestant shares its stage's
+      lm_measured[c.stage, c.ema] = _lm_measures(config, data.tokenizer, model, params,
+                                                 heldout_docs, mesh=mesh)
+    results[c.name].update(lm_measured[c.stage, c.ema])
   baseline_model, baseline_params = models(contestant(BASELINE).stage)
   for c in contestants_for(config):
     results[c.name]["win_rate_vs_sft"] = {
@@ -214,11 +220,19 @@ def tax_measures(config, tokenizer, model, params, *, split: str, mesh) -> dict:
   }
 
 
-def _answer(config, data, c: Contestant, model_and_params, examples, heldout_docs, *, mesh,
-            rng):
-  """-> (c's greedy answers to examples, its results entry so far: gold score, loss on
-  heldout_docs, samples)."""
-  model, params = model_and_params
+def _lm_measures(config, tokenizer, model, params, heldout_docs, *, mesh) -> dict:
+  """The alignment tax off the ptx data (test split) and the loss on heldout_docs."""
+  doc_batcher = batching.PretrainBatcher(tokenizer, buckets=tuple(config.data.buckets))
+  return {
+      **tax_measures(config, tokenizer, model, params, split="test", mesh=mesh),
+      "pretrain_loss": measures.lm_loss(model.apply, params, heldout_docs, doc_batcher,
+                                        batch_size=32, mesh=mesh),
+  }
+
+
+def _answer(config, data, c: Contestant, model, params, examples, *, mesh, rng):
+  """-> (c's greedy answers to examples, its results entry so far: gold score and its
+  parts, samples)."""
   tok = data.tokenizer
   if c.few_shot:
     demos = data.testbed.sft[:config.eval.few_shot]
@@ -227,19 +241,14 @@ def _answer(config, data, c: Contestant, model_and_params, examples, heldout_doc
   else:
     prompts = [e.prompt for e in examples]
     prompt_len = config.data.max_prompt_len
-  answers = measures.sample_responses(
-      model, params, prompts, tok,
-      sampling_config=measures.greedy_config(tok, max_new_tokens=config.eval.max_new_tokens),
-      batch_size=32, buckets=(prompt_len,), mesh=mesh, rng=rng)
-  doc_batcher = batching.PretrainBatcher(tok, buckets=tuple(config.data.buckets))
+  answers = measures.greedy_answers(model, params, prompts, tok,
+                                    max_new_tokens=config.eval.max_new_tokens,
+                                    prompt_len=prompt_len, mesh=mesh, rng=rng)
   return answers, {
-      **tax_measures(config, tok, model, params, split="test", mesh=mesh),
       "label": c.label, "stage": c.stage, "params": model.config.num_params(),
       "gold_score": measures.mean_gold_score(examples, answers),
       "gold_by_family": measures.gold_by_family(examples, answers),
       **measures.correctness_and_habit(examples, answers),
-      "pretrain_loss": measures.lm_loss(model.apply, params, heldout_docs, doc_batcher,
-                                        batch_size=32, mesh=mesh),
       "samples": [{"prompt": e.prompt, "response": r, "gold": testbed.score(e, r)}
                   for e, r in zip(examples[:N_SAMPLES], answers)],
   }

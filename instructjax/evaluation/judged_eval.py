@@ -77,13 +77,12 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   tok = data.tokenizer
   doc_batcher = batching.PretrainBatcher(tok, buckets=tuple(config.data.buckets))
   heldout_docs = data.read("pretrain_heldout")
-  greedy = measures.greedy_config(tok, max_new_tokens=config.eval.max_new_tokens)
   answers, results = {}, {}
   for c in (c for c in contestants_for(config) if not c.few_shot):
     model, params = models(c.stage, ema=c.ema)
-    answers[c.name] = measures.sample_responses(
-        model, params, prompts, tok, sampling_config=greedy, batch_size=32,
-        buckets=(config.data.max_prompt_len,), mesh=mesh, rng=rng)
+    answers[c.name] = measures.greedy_answers(
+        model, params, prompts, tok, max_new_tokens=config.eval.max_new_tokens,
+        prompt_len=config.data.max_prompt_len, mesh=mesh, rng=rng)
     results[c.name] = {
         "label": c.label, "params": model.config.num_params(),
         "answer_tokens": _answer_lengths(answers[c.name], tok),

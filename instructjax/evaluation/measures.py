@@ -53,6 +53,16 @@ def sample_responses(model, params, prompts: Sequence[str], tokenizer, *,
   return texts
 
 
+def greedy_answers(model, params, prompts: Sequence[str], tokenizer, *, max_new_tokens: int,
+                   prompt_len: int, mesh, rng: jax.Array) -> list[str]:
+  """Greedy responses to prompts (left-padded to prompt_len), as every evaluation takes
+  them."""
+  return sample_responses(
+      model, params, prompts, tokenizer,
+      sampling_config=greedy_config(tokenizer, max_new_tokens=max_new_tokens),
+      batch_size=32, buckets=(prompt_len,), mesh=mesh, rng=rng)
+
+
 def sample_responses_and_ends(model, params, prompts: Sequence[str], tokenizer, *,
                               sampling_config: sampling.SamplingConfig, batch_size: int,
                               buckets: Sequence[int], mesh,

@@ -16,6 +16,7 @@ in its `choices` section.
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Sequence
 
@@ -74,11 +75,10 @@ def validation_measures(config, run_dir: str, stage: str, *, sft_answers=None) -
   examples = data.testbed.val_prompts[:config.eval.prompts]
   model, params = final_eval.Models(config, run_dir, mesh)(stage)
   tok = data.tokenizer
-  answers = measures.sample_responses(
+  answers = measures.greedy_answers(
       model, params, [e.prompt for e in examples], tok,
-      sampling_config=measures.greedy_config(tok, max_new_tokens=config.eval.max_new_tokens),
-      batch_size=32, buckets=(config.data.max_prompt_len,), mesh=mesh,
-      rng=jax.random.PRNGKey(config.seed))
+      max_new_tokens=config.eval.max_new_tokens, prompt_len=config.data.max_prompt_len,
+      mesh=mesh, rng=jax.random.PRNGKey(config.seed))
   gold = measures.mean_with_ci([testbed.score(e, a) for e, a in zip(examples, answers)])
   out = {"gold": gold, "answers": answers,
          **final_eval.tax_measures(config, tok, model, params, split="val", mesh=mesh)}
@@ -93,8 +93,7 @@ def sweep(config: ml_collections.ConfigDict, run_dir: str, *, stage: str, field:
   """Trains `stage` once per value of `field` and scores each on validation; -> rows
   {value, gold, win_rate_vs_sft, probe_accuracy, distinct_text_loss}, also written to
   WORKDIR/sweeps/<stage>/<field>.json with SFT's."""
-  program = stage_table.stage(stage).program
-  run = __import__(program, fromlist=["run"]).run
+  run = importlib.import_module(stage_table.stage(stage).program).run
   sft = validation_measures(config, run_dir, "sft")
   rows = []
   for value in values:

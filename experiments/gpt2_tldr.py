@@ -134,6 +134,7 @@ def get_config(variant: str = ""):
       max_prompt_len=512,  # tokens; longer prompts lose their start (subreddit, title)
       max_len=576,  # prompt + summary; summaries are cut from the right
       buckets=(256, 384, 512, 576),  # padded lengths: a bounded number of compilations
+      pack_pretraining=0,  # --stage=pretrain rows: one document each (a long one fills it)
       skip_bad_rows=True,  # skip and count malformed rows rather than stop
       prefetch=2,  # batches tokenized ahead on a grain worker thread (0: inline)
   ))

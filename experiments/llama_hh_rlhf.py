@@ -186,6 +186,7 @@ def get_config(variant: str = ""):
       max_prompt_len=384,  # tokens; longer conversations are cut from the left
       max_len=512,  # prompt + response; responses are cut from the right
       buckets=(128, 256, 384, 512),  # padded lengths: a bounded number of compilations
+      pack_pretraining=0,  # --stage=pretrain rows: one document each (a long one fills it)
       skip_bad_rows=True,  # skip and count malformed rows (file:line) rather than stop
       prefetch=2,  # batches tokenized ahead on a grain worker thread (0: inline)
   ))

@@ -144,3 +144,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "model" in config:
     _require(data.max_len <= config.model.max_len, "data.max_len",
              f"{data.max_len} exceeds model.max_len={config.model.max_len}")
+  packed = data.pack_pretraining
+  for name in (n for n in ("model", "big_model") if n in config and packed):
+    _require(2 <= packed <= config[name].max_len, "data.pack_pretraining",
+             f"{packed} must be 0 (no packing) or in [2, {name}.max_len="
+             f"{config[name].max_len}]")

@@ -5,7 +5,8 @@
 
 SFT trains on demonstrations with the loss on response tokens only and starts from the
 pretrained LM; `--stage=pretrain` (or `pretrain_big`, the larger vanilla LM) trains a
-fresh model on whole documents, or, with config.hf_name.model (big_model) set, imports
+fresh model on the documents (packed into full rows, `data.packing`, when
+config.data.pack_pretraining is set), or, with config.hf_name.model (big_model) set, imports
 that Hugging Face checkpoint instead (`instructjax.hf_import`). Writes
 WORKDIR/<stage>/{metrics.jsonl, tensorboard/, checkpoints/, export/}; a rerun resumes
 from the last checkpoint, data position included, and a finished stage is not run again.
@@ -20,7 +21,7 @@ import jax
 import ml_collections
 
 from instructjax import cli, hf_import, sharding, stage_export, stage_table
-from instructjax.data import batching, sources
+from instructjax.data import batching, packing, sources
 from instructjax.evaluation import measures
 from instructjax.models import CausalLM
 from instructjax.stage_loop import (Export, StageProgram, batch_advance, cadence, jit_step,
@@ -62,8 +63,7 @@ def _program(config, run_dir: str, stage: stage_table.Stage) -> StageProgram:
     batcher = batching.SftBatcher(data.tokenizer, buckets=buckets,
                                   max_prompt_len=config.data.max_prompt_len)
   else:
-    rows = data.read("pretrain", skip_bad_rows=config.data.skip_bad_rows)
-    batcher = batching.PretrainBatcher(data.tokenizer, buckets=buckets)
+    rows, batcher = _pretraining_rows(config, data)
   batches = batching.BatchIterator(rows, batcher, batch_size=train.batch_size,
                                    seed=config.seed, prefetch=config.data.prefetch)
 
@@ -90,6 +90,17 @@ def _program(config, run_dir: str, stage: stage_table.Stage) -> StageProgram:
       log=config.log)
 
 
+def _pretraining_rows(config, data):
+  """-> (records, batcher): packed rows of config.data.pack_pretraining tokens, or with
+  0 one document per row, padded to its bucket."""
+  docs = data.read("pretrain", skip_bad_rows=config.data.skip_bad_rows)
+  length = config.data.pack_pretraining  # config.validate: within the models' max_len
+  if not length:
+    return docs, batching.PretrainBatcher(data.tokenizer, buckets=tuple(config.data.buckets))
+  return (packing.pack_documents(data.tokenizer, docs, length=length),
+          packing.PackedBatcher(data.tokenizer, length=length))
+
+
 # The metric that picks SFT's exported checkpoint: the paper picks by RM score on its
 # validation prompts; here the RM is trained from this model, so the testbed's gold
 # score of greedy answers to the validation prompts (never the test prompts) picks.
@@ -98,7 +109,7 @@ SELECT_BY = "val_gold_score"
 
 def _evaluator(config, data, model, mesh, *, stage: str):
   """Held-out pretraining loss; plus, after SFT, the gold score of greedy answers to the
-  validation prompts."""
+  validation prompts and what it is made of (credit, remark rate, extra words)."""
   heldout = data.read("pretrain_heldout")
   batcher = batching.PretrainBatcher(data.tokenizer, buckets=tuple(config.data.buckets))
   n_prompts = config.eval.prompts
@@ -114,6 +125,8 @@ def _evaluator(config, data, model, mesh, *, stage: str):
           max_new_tokens=config.eval.max_new_tokens, prompt_len=config.data.max_prompt_len,
           mesh=mesh, rng=jax.random.PRNGKey(config.seed))
       metrics[SELECT_BY] = measures.mean_gold_score(examples, responses)
+      metrics.update({f"val_{name}": value for name, value
+                      in measures.correctness_and_habit(examples, responses).items()})
     return metrics
   return evaluate
 

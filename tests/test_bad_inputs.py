@@ -287,6 +287,8 @@ def test_unknown_config_key_is_refused():
     ("ppo.clip_eps", 1.5, r"config\.ppo\.clip_eps: 1\.5 must be in \(0, 1\)"),
     ("data.max_len", 128, r"config\.data\.max_len: 128 exceeds model\.max_len=64"),
     ("mesh.tensor", 0, r"config\.mesh\.tensor: 0 must be >= 1 or -1"),
+    ("data.pack_pretraining", 65, r"config\.data\.pack_pretraining: 65 must be 0 \(no "
+     r"packing\) or in \[2, model\.max_len=64\]"),
 ])
 def test_impossible_config_value_names_the_field(field, value, expected):
   config = load_config(TEST_CONFIG)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from instructjax.config import DEFAULT_CONFIG, load_config
 from instructjax.evaluation import claims
 
 
@@ -50,3 +51,15 @@ def test_rlhf_improves_correctness_needs_both_intervals_above_zero(low_ppo, low_
   claim = claims._rlhf_improves_correctness(results)  # pylint: disable=protected-access
   assert claim["reproduced"] is reproduced
   assert claim["measured"]["remark_rate_sft"] == 0.6
+
+
+@pytest.mark.parametrize("packed, tokens_per_row", [(64, 64), (0, 96)])
+def test_pretraining_flops_count_packed_rows_at_their_length(packed, tokens_per_row):
+  config = load_config(DEFAULT_CONFIG)
+  config.data.update(pack_pretraining=packed, max_len=96)
+  config.pretrain.update(steps=10, batch_size=4)
+  config.pretrain_big.update(steps=5, batch_size=2)
+  flops = claims.training_flops(config, {"model": 1000, "big_model": 3000})
+  # 6 x params x steps x rows x tokens per row, by hand.
+  assert flops["pretrain"] == 6 * 1000 * 10 * 4 * tokens_per_row
+  assert flops["pretrain_big"] == 6 * 3000 * 5 * 2 * tokens_per_row

@@ -14,6 +14,7 @@ import transformers
 from instructjax.data.batching import (BatchIterator, PretrainBatcher, PromptBatcher,
                                        RankingBatcher, SftBatcher, bucket_length,
                                        iterate_once)
+from instructjax.data.packing import PackedBatcher, PackedRow, pack_documents
 from instructjax.data.records import (DataError, PromptRecord, RankingRecord, SftRecord,
                                       TextRecord)
 from instructjax.data.tokenize import (TruncationStats, check_tokenizer_matches,
@@ -126,6 +127,36 @@ def test_pretrain_batch_masks(tok):
   np.testing.assert_array_equal(batch.tokens, [[W(1), W(2), EOS, PAD], [W(3), EOS, PAD, PAD]])
   np.testing.assert_array_equal(batch.token_mask, [[1, 1, 1, 0], [1, 1, 0, 0]])
   np.testing.assert_array_equal(batch.loss_mask, [[0, 1, 1, 0], [0, 1, 0, 0]])
+
+
+def test_packed_rows_join_documents_and_span_rows(tok):
+  docs = [TextRecord(_words(1, 2)), TextRecord(_words(3)), TextRecord(_words(4, 5, 6))]
+  rows = pack_documents(tok, docs, length=4)
+  # The stream w1 w2 EOS w3 EOS w4 w5 w6 EOS, cut every 4 tokens; the third document
+  # spans two rows and the last row is short.
+  assert [r.tokens.tolist() for r in rows] == [
+      [W(1), W(2), EOS, W(3)], [EOS, W(4), W(5), W(6)], [EOS]]
+  (batch,) = list(iterate_once(rows, PackedBatcher(tok, length=4), batch_size=4,
+                               process_count=1, process_index=0))
+  P = PAD
+  np.testing.assert_array_equal(batch.tokens, [
+      [W(1), W(2), EOS, W(3)], [EOS, W(4), W(5), W(6)], [EOS, P, P, P], [P, P, P, P]])
+  np.testing.assert_array_equal(batch.token_mask, [
+      [1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+  # Every token but a row's first is a target, EOS and the next document's first
+  # word included.
+  np.testing.assert_array_equal(batch.loss_mask, [
+      [0, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_packing_checks_its_inputs(tok):
+  with pytest.raises(ValueError, match="pack length=1 must be >= 2"):
+    pack_documents(tok, [TextRecord(_words(1))], length=1)
+  with pytest.raises(DataError, match="row 1: packing needs TextRecord, got SftRecord"):
+    pack_documents(tok, [TextRecord(_words(1)), SftRecord(_words(1), _words(2))], length=4)
+  with pytest.raises(DataError, match="row 0: PackedBatcher needs a PackedRow of at most 2"):
+    _only_batch([PackedRow(np.array([W(1), W(2), W(3)], np.int32))],
+                PackedBatcher(tok, length=2))
 
 
 def test_ranking_batch_best_first_and_padded_k(tok):

@@ -17,13 +17,16 @@ def _rate(models, name, group="train_labelers"):
 
 def training_flops(config: ml_collections.ConfigDict, params: dict[str, int]) -> dict:
   """FLOPs each stage computed: 6 x params x tokens for a training pass, 2 x params x
-  tokens for a forward pass, on sequences padded to data.max_len (so an upper bound)."""
+  tokens for a forward pass, on sequences padded to data.max_len (so an upper bound);
+  pretraining rows packed full are data.pack_pretraining tokens long."""
   t = config.data.max_len
+  t_pretrain = config.data.pack_pretraining or t
   small, big = params["model"], params["big_model"]
   k_mean = (config.data.testbed.min_responses + config.data.testbed.max_responses) / 2
   flops = {
-      "pretrain": 6 * small * config.pretrain.steps * config.pretrain.batch_size * t,
-      "pretrain_big": 6 * big * config.pretrain_big.steps * config.pretrain_big.batch_size * t,
+      "pretrain": 6 * small * config.pretrain.steps * config.pretrain.batch_size * t_pretrain,
+      "pretrain_big": (6 * big * config.pretrain_big.steps * config.pretrain_big.batch_size
+                       * t_pretrain),
       "sft": 6 * small * config.sft.steps * config.sft.batch_size * t,
       "rm": 6 * small * config.rm.steps * config.rm.batch_size * k_mean * t,
       "ppo": _rl_flops(config, config.ppo, small, ptx=False),

@@ -1,6 +1,6 @@
 """The whole InstructGPT recipe on the embedded testbed, sized for a 2-core laptop.
 
-Run the whole pipeline (about 12 minutes on 2 CPU cores):
+Run the whole pipeline (about 10 minutes on 2 CPU cores):
   python -m instructjax.pipeline --workdir=runs/demo
 The variant the tests run (minutes; PPO already beats SFT on its rollouts):
   python -m instructjax.pipeline --config=experiments/instructgpt_tiny.py:quick --workdir=runs/quick

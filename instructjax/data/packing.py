@@ -38,7 +38,9 @@ def pack_documents(tokenizer: Any, records: Sequence[TextRecord], *, length: int
     raise ValueError(f"pack length={length} must be >= 2 (a row needs a next token)")
   bad = [i for i, r in enumerate(records) if not isinstance(r, TextRecord)]
   if bad:
-    raise DataError(f"row {bad[0]}: packing needs TextRecord, got {type(records[bad[0]]).__name__}")
+    got = type(records[bad[0]]).__name__
+    raise DataError(f"row {bad[0]}: packing needs TextRecord, got {got}")
+  # No length limit: a long document spans rows rather than being cut.
   docs = tokenize.encode_texts(tokenizer, [r.text for r in records], max_len=2**31 - 1,
                                stats=tokenize.TruncationStats(), add_bos=add_bos)
   stream = np.concatenate(docs) if docs else np.zeros((0,), np.int32)  # [N]

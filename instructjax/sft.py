@@ -98,7 +98,7 @@ def _pretraining_rows(config, data):
   if not length:
     return docs, batching.PretrainBatcher(data.tokenizer, buckets=tuple(config.data.buckets))
   return (packing.pack_documents(data.tokenizer, docs, length=length),
-          packing.PackedBatcher(data.tokenizer, length=length))
+          batching.PackedBatcher(data.tokenizer, length=length))
 
 
 # The metric that picks SFT's exported checkpoint: the paper picks by RM score on its

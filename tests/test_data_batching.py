@@ -11,10 +11,10 @@ import pytest
 import tokenizers
 import transformers
 
-from instructjax.data.batching import (BatchIterator, PretrainBatcher, PromptBatcher,
-                                       RankingBatcher, SftBatcher, bucket_length,
-                                       iterate_once)
-from instructjax.data.packing import PackedBatcher, PackedRow, pack_documents
+from instructjax.data.batching import (BatchIterator, PackedBatcher, PretrainBatcher,
+                                       PromptBatcher, RankingBatcher, SftBatcher,
+                                       bucket_length, iterate_once)
+from instructjax.data.packing import PackedRow, pack_documents
 from instructjax.data.records import (DataError, PromptRecord, RankingRecord, SftRecord,
                                       TextRecord)
 from instructjax.data.tokenize import (TruncationStats, check_tokenizer_matches,

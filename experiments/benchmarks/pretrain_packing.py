@@ -27,8 +27,8 @@ import transformers
 from instructjax import sharding
 from instructjax.data import testbed
 from instructjax.data.batches import TokenBatch
-from instructjax.data.batching import BatchIterator, PretrainBatcher
-from instructjax.data.packing import PackedBatcher, pack_documents
+from instructjax.data.batching import BatchIterator, PackedBatcher, PretrainBatcher
+from instructjax.data.packing import pack_documents
 from instructjax.data.records import TextRecord
 from instructjax.models import CausalLM, ModelConfig
 from instructjax.optimizers import make_optimizer
@@ -49,7 +49,8 @@ def _rate(step, state, batches, mesh, steps: int, *, lengths) -> tuple[float, fl
   """-> (seconds per step, real tokens per second) over `steps` steps, after a step at
   each padded length in `lengths`, so that nothing compiles while timed."""
   rows = batches.batch_size
-  # Twice: the first step's output state is committed to the mesh, which compiles anew.
+  # Twice: the first step's output state is committed to the mesh and its step counter
+  # no longer weakly typed, so the second compiles anew.
   for length in (*lengths, *lengths):
     blank = np.zeros((rows, length), np.int32)  # [B, T]
     state, metrics = step(state, sharding.shard_batch(
@@ -90,8 +91,6 @@ def main():
       state = create_train_state(  # a copy of the params: the step donates its state
           apply_fn=model.apply, params=jax.tree.map(jnp.copy, params), rng=jax.random.key(1),
           tx=make_optimizer(peak_lr=1e-3, warmup_steps=10, total_steps=1000))
-      # A fresh step counter is weakly typed; a strong one keeps every step on one compile.
-      state = state.replace(step=jnp.asarray(state.step, jnp.int32))
       batches = BatchIterator(rows, batcher, batch_size=batch_size, seed=0)
       per_step, rates[name] = _rate(step, state, batches, mesh, steps, lengths=lengths)
       batches.close()

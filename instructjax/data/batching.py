@@ -38,6 +38,7 @@ import numpy as np
 
 from instructjax.data import tokenize
 from instructjax.data.batches import PromptBatch, RankingBatch, TokenBatch
+from instructjax.data.packing import PackedRow
 from instructjax.data.records import (DataError, PromptRecord, RankingRecord, SftRecord,
                                       TextRecord)
 
@@ -231,6 +232,27 @@ class PretrainBatcher(_Batcher):
     tokens, token_mask = _pad_right(seqs[local], length, self.pad_id)
     loss_mask = token_mask.copy()
     loss_mask[:, 0] = 0  # the first token has no context to be predicted from
+    return TokenBatch(tokens=tokens, token_mask=token_mask, loss_mask=loss_mask)
+
+
+class PackedBatcher(_Batcher):
+  """PackedRows (`packing.pack_documents`) -> TokenBatch [B, length]: loss on every real
+  token after a row's first (it has no context in its row); a short last row is padded."""
+
+  def __init__(self, tokenizer: Any, *, length: int):
+    super().__init__(tokenizer, buckets=(length,))
+
+  def __call__(self, rows: Sequence[PackedRow | None], indices: np.ndarray,
+               local: slice) -> TokenBatch:
+    _check_types("PackedBatcher", rows, indices, (PackedRow,))
+    for row, index in zip(rows, indices):
+      if row is not None and len(row.tokens) > self.max_len:
+        raise DataError(f"row {index}: PackedBatcher needs a PackedRow of at most "
+                        f"{self.max_len} tokens, got {len(row.tokens)}")
+    tokens, token_mask = _pad_right([None if r is None else r.tokens for r in rows[local]],
+                                    self.max_len, self.pad_id)
+    loss_mask = token_mask.copy()
+    loss_mask[:, 0] = 0
     return TokenBatch(tokens=tokens, token_mask=token_mask, loss_mask=loss_mask)
 
 

@@ -8,7 +8,8 @@ short), a document may continue into the next row, and attention crosses the EOS
 between documents, which the model learns to treat as a fresh start.
 
 The rows are made once per run, before shuffling, so `batching.BatchIterator` shuffles,
-shards over hosts and resumes them like any other records.
+shards over hosts and resumes them like any other records (`batching.PackedBatcher`
+makes their batches).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from instructjax.data import tokenize
-from instructjax.data.batches import TokenBatch
 from instructjax.data.records import DataError, TextRecord
 
 
@@ -45,31 +45,3 @@ def pack_documents(tokenizer: Any, records: Sequence[TextRecord], *, length: int
                                stats=tokenize.TruncationStats(), add_bos=add_bos)
   stream = np.concatenate(docs) if docs else np.zeros((0,), np.int32)  # [N]
   return [PackedRow(stream[start:start + length]) for start in range(0, len(stream), length)]
-
-
-class PackedBatcher:
-  """PackedRows -> TokenBatch [B, length]: loss on every token after a row's first (the
-  first has no context in its row); a short last row and padding rows (None) are
-  right-padded with the pad id and masked."""
-
-  def __init__(self, tokenizer: Any, *, length: int):
-    self.length = length
-    self.pad_id = tokenize.pad_id(tokenizer)
-    self.stats = tokenize.TruncationStats()  # nothing is cut: the stream spans rows
-
-  def __call__(self, rows: Sequence[PackedRow | None], indices: np.ndarray,
-               local: slice) -> TokenBatch:
-    rows = rows[local]
-    tokens = np.full((len(rows), self.length), self.pad_id, np.int32)  # [B, T]
-    token_mask = np.zeros((len(rows), self.length), np.int32)  # [B, T]
-    for b, row in enumerate(rows):
-      if row is None:
-        continue
-      if not isinstance(row, PackedRow) or len(row.tokens) > self.length:
-        raise DataError(f"row {indices[local][b]}: PackedBatcher needs a PackedRow of at "
-                        f"most {self.length} tokens, got {type(row).__name__}")
-      tokens[b, :len(row.tokens)] = row.tokens
-      token_mask[b, :len(row.tokens)] = 1
-    loss_mask = token_mask.copy()
-    loss_mask[:, 0] = 0
-    return TokenBatch(tokens=tokens, token_mask=token_mask, loss_mask=loss_mask)

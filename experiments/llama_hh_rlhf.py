@@ -205,6 +205,8 @@ def get_config(variant: str = ""):
   # The held-out judge RM of the final evaluation (stage rm_judge) trains on this share
   # of the rm_train prompts, which the RM and PPO never see.
   config.rm.judge_fraction = 0.2
+  # The paper's RM: a head on the last token, which an HF *ForSequenceClassification holds.
+  config.rm.likelihood_feature = False
 
   config.ppo = ml_collections.ConfigDict(dict(
       iterations=500,  # rollout + update rounds: 256k episodes (paper: 256k)

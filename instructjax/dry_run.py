@@ -233,7 +233,7 @@ class _PPOSteps:
     self.config, self.mesh = config, mesh
     cfg = model_config(config.model, field="config.model")
     self.policy, self.value_model, self.reward_model = ppo.make_models(
-        cfg, critic=ppo.has_critic(config.ppo))
+        cfg, critic=ppo.has_critic(config.ppo), likelihood_feature=config.rm.likelihood_feature)
     self.state, self.shardings = _abstract_state(
         ppo.make_init_state(config.ppo, self.policy, self.value_model), mesh)
     n, prompt_len = config.ppo.rollout_batch_size, config.data.max_prompt_len
@@ -482,7 +482,8 @@ def _run_steps(config: ml_collections.ConfigDict, mesh, steps: Sequence[str], *,
     reports["sft_step"], _ = run("sft_step", _sft_step(config, mesh))
   if "reward_step" in steps:
     reports["reward_step"], _ = run("reward_step", _ranking_step(
-        config, mesh, ScalarModel(model_config(config.model, field="config.model")),
+        config, mesh, ScalarModel(model_config(config.model, field="config.model"),
+                                  likelihood_feature=config.rm.likelihood_feature),
         config.rm, reward.build_step, with_reference=False))
   if "dpo_step" in steps and "dpo" in config:
     reports["dpo_step"], _ = run("dpo_step", _ranking_step(

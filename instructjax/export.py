@@ -19,6 +19,7 @@ names another directory.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 
@@ -67,7 +68,8 @@ def export(run_dir: str, stage: str, to: str, *, ema: bool = False,
   card = stage_export.read_card(workdir, expected_stages=(stage,))
   if ema and not card.ema:
     raise ValueError(f"{workdir} holds no EMA export; the stage ran with ema_decay=0")
-  model = (ScalarModel if reward else CausalLM)(ModelConfig(**card.model))
+  model = (functools.partial(ScalarModel, likelihood_feature=card.likelihood_feature)
+           if reward else CausalLM)(ModelConfig(**card.model))
   tokenizer = transformers.AutoTokenizer.from_pretrained(
       tokenizer_dir or run_tokenizer_dir(run_dir), trust_remote_code=False)
   tokenize.check_tokenizer_matches(tokenizer, model.config.vocab_size)

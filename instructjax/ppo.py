@@ -77,13 +77,14 @@ def make_optimizer(ppo: ml_collections.ConfigDict) -> optax.GradientTransformati
                      optax.GradientTransformation(lambda _: optax.EmptyState(), scale_value))
 
 
-def make_models(cfg, *, critic: bool = True) -> tuple[CausalLM, ScalarModel | None,
-                                                     ScalarModel]:
+def make_models(cfg, *, critic: bool = True, likelihood_feature: bool = False
+                ) -> tuple[CausalLM, ScalarModel | None, ScalarModel]:
   """-> (policy, value model or None without a critic, reward model). The value model is
   the RM with a head bias, so it can start where the normalised reward is (see `begin`
-  in `_program`)."""
-  value_model = ScalarModel(cfg, head_bias=True) if critic else None
-  return CausalLM(cfg), value_model, ScalarModel(cfg)
+  in `_program`); likelihood_feature: the RM's (its export card says)."""
+  value_model = (ScalarModel(cfg, head_bias=True, likelihood_feature=likelihood_feature)
+                 if critic else None)
+  return CausalLM(cfg), value_model, ScalarModel(cfg, likelihood_feature=likelihood_feature)
 
 
 def has_critic(ppo: ml_collections.ConfigDict) -> bool:
@@ -270,13 +271,16 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
   mesh = sharding.make_mesh(**config.mesh)
   for field in ("rollout_batch_size", "minibatch_size", "ptx_batch_size"):
     sharding.check_batch_divides(ppo[field], mesh, field=f"config.{section}.{field}")
-  policy, value_model, reward_model = make_models(cfg, critic=has_critic(ppo))
+  rm_dir = os.path.join(run_dir, "rm")
+  policy, value_model, reward_model = make_models(
+      cfg, critic=has_critic(ppo),
+      likelihood_feature=stage_export.read_card(rm_dir, expected_stages=("rm",)).likelihood_feature)
   tok, prompt_len = data.tokenizer, config.data.max_prompt_len
   ref_params, _ = stage_export.load_export(
       os.path.join(run_dir, "sft"), sharding.abstract_params(policy, mesh),
       expected_stages=("sft",))
   reward_params, rm_card = stage_export.load_export(
-      os.path.join(run_dir, "rm"), sharding.abstract_params(reward_model, mesh),
+      rm_dir, sharding.abstract_params(reward_model, mesh),
       expected_stages=("rm",))
   experience = Experience(
       sample=build_sampler(ppo, policy, eos_id=tokenize.eos_id(tok), pad_id=tokenize.pad_id(tok)),

@@ -45,6 +45,16 @@ def load_sft_params(sft_dir: str, cfg, mesh):
   return params
 
 
+def load_reward_model(cfg, stage_dir: str, mesh, *, stage: str = "rm"):
+  """-> (ScalarModel with the readout its export card names, params on the mesh, card) of
+  a finished RM stage."""
+  card = stage_export.read_card(stage_dir, expected_stages=(stage,))
+  model = ScalarModel(cfg, likelihood_feature=card.likelihood_feature)
+  params, card = stage_export.load_export(stage_dir, sharding.abstract_params(model, mesh),
+                                          expected_stages=(stage,))
+  return model, params, card
+
+
 @functools.partial(jax.jit, static_argnames="apply_fn")
 def ranking_scores(params, batch, *, apply_fn):
   """The RM's reward of every ranked response. -> [B, K]"""
@@ -53,7 +63,8 @@ def ranking_scores(params, batch, *, apply_fn):
 
 @functools.partial(jax.jit, static_argnames="apply_fn")
 def sequence_rewards(params, batch: TokenBatch, *, apply_fn):
-  values = apply_fn({"params": params}, batch.tokens, token_mask=batch.token_mask)  # [B, T]
+  values = apply_fn({"params": params}, batch.tokens, token_mask=batch.token_mask,
+                    response_mask=batch.loss_mask)  # [B, T]
   return last_token_value(values, batch.token_mask)  # [B]
 
 
@@ -107,21 +118,25 @@ def demonstration_rewards(apply_fn, params, rows, batcher, *, mesh) -> np.ndarra
 
 
 def normalised_head(params, rewards: np.ndarray):
-  """-> (params with the scalar head divided by the rewards' std, the rewards' mean in
-  the new units, the std). An RM that scores every demonstration alike is left unscaled,
-  as there is no spread to normalise."""
+  """-> (params with the scalar head (and the likelihood scale, if any) divided by the
+  rewards' std, the rewards' mean in the new units, the std). An RM that scores every
+  demonstration alike is left unscaled, as there is no spread to normalise."""
   std = float(np.std(rewards))
   scale = 1.0 / std if std > 1e-6 else 1.0
-  head = jax.tree.map(lambda a: a * scale, params["scalar_head"])
-  return {**params, "scalar_head": head}, float(np.mean(rewards)) * scale, std
+  scaled = {name: jax.tree.map(lambda a: a * scale, params[name])
+            for name in ("scalar_head", "likelihood_scale") if name in params}
+  return {**params, **scaled}, float(np.mean(rewards)) * scale, std
 
 
 def start_from_sft(state, sft_params):
-  """The RM's starting state: the SFT policy's trunk and a zero scalar head, laid out as
-  state's params are."""
+  """The RM's starting state, laid out as state's params are: the SFT policy's trunk (and
+  unembedding, where untied), a zero scalar head, and the likelihood scale, if any, at
+  its initial 1."""
   head = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding),
                       state.params["scalar_head"])
-  return state.replace(params={"transformer": sft_params["transformer"], "scalar_head": head})
+  copied = {name: sft_params[name] for name in ("transformer", "lm_head")
+            if name in state.params}
+  return state.replace(params={**state.params, **copied, "scalar_head": head})
 
 
 def build_step(train: ml_collections.ConfigDict, state_shardings):
@@ -181,7 +196,7 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
   sharding.check_batch_divides(train.batch_size, mesh, field="config.rm.batch_size")
-  model = ScalarModel(cfg)
+  model = ScalarModel(cfg, likelihood_feature=train.likelihood_feature)
   buckets = tuple(config.data.buckets)
   eval_rows = data.read("rm_eval", skip_bad_rows=config.data.skip_bad_rows)
   rows = training_rows(config, data, cfg, mesh, run_dir, stage)
@@ -222,7 +237,8 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
           f"reward_bias={bias:.4f}", flush=True)
     return [Export(params=params, card=stage_export.ExportCard(
         stage=stage, model=cfg.__dict__, steps=int(state.step), reward_bias=bias,
-        reward_std=std, final_eval=final_eval, bad_rows=data.bad_rows))]
+        reward_std=std, likelihood_feature=train.likelihood_feature, final_eval=final_eval,
+        bad_rows=data.bad_rows))]
 
   return StageProgram(
       name=stage, workdir=os.path.join(run_dir, stage), cadence=cadence(train),

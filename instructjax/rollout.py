@@ -54,10 +54,17 @@ def response_logprobs(apply_fn, params, tokens, token_mask, *, prompt_len: int,
   return losses.token_logprobs(logits, tokens[:, prompt_len:]), logits
 
 
-def response_values(apply_fn, params, tokens, token_mask, *, prompt_len: int):
-  """V(state before response token t) for every t. -> [B, N]"""
-  values = apply_fn({"params": params}, tokens, token_mask=token_mask)  # [B, S]
+def response_values(apply_fn, params, tokens, token_mask, response_mask, *, prompt_len: int):
+  """V(state before response token t) for every t; tokens, token_mask: [B, S],
+  response_mask: [B, N]. -> [B, N]"""
+  values = apply_fn({"params": params}, tokens, token_mask=token_mask,
+                    response_mask=_over_sequence(response_mask, prompt_len))  # [B, S]
   return values[:, prompt_len - 1:-1]
+
+
+def _over_sequence(response_mask, prompt_len: int):
+  """[B, N] response mask -> [B, P + N], 0 over the prompt."""
+  return jnp.pad(response_mask, ((0, 0), (prompt_len, 0)))
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -92,7 +99,8 @@ def score_rollout(params, sample: sampling.SampleOutput, prompt_mask, example_in
   # 3. The reward model scores prompt + response at its last token; normalise it so
   #    demonstrations score 0 on average; a response without EOS gets a fixed penalty.
   raw_scores = last_token_value(
-      reward_model.apply({"params": params["reward"]}, tokens, token_mask=token_mask),
+      reward_model.apply({"params": params["reward"]}, tokens, token_mask=token_mask,
+                         response_mask=_over_sequence(response_mask, prompt_len)),
       token_mask)  # [B]
   scores = jnp.where(sample.finished, raw_scores - reward_bias, no_eos_penalty)
   if advantage != "gae":
@@ -106,7 +114,7 @@ def score_rollout(params, sample: sampling.SampleOutput, prompt_mask, example_in
                    example_index=example_index)
   # 4. Values of each state from the value model (a separate trunk, initialised from RM).
   values = response_values(value_model.apply, params["value"], tokens, token_mask,
-                           prompt_len=prompt_len)  # [B, N]
+                           response_mask, prompt_len=prompt_len)  # [B, N]
   # 5. Per-token rewards: -beta * (logp - ref_logp) everywhere, plus the score at the end.
   rewards, _ = rl.kl_penalized_rewards(
       scores=scores, logprobs=logprobs, ref_logprobs=ref_logprobs,

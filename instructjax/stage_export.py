@@ -38,6 +38,8 @@ class ExportCard:
   # before RL; PPO: the one it used.
   reward_bias: float | None = None
   reward_std: float | None = None  # RM: the std of the raw reward the head was divided by
+  # RM: the reward adds a scaled response likelihood (ScalarModel.likelihood_feature).
+  likelihood_feature: bool = False
   ptx_coef: float | None = None  # PPO: gamma (0 for plain PPO)
   ema_decay: float | None = None  # PPO: decay of the policy EMA (0 = off)
   ema: bool = False  # these params are the EMA of the policy, not the policy

@@ -10,10 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from instructjax import ppo, reward, sharding, stage_export
+from instructjax import ppo, reward, sharding
 from instructjax.config import model_config
 from instructjax.data import sources
-from instructjax.models import ScalarModel
 
 
 def test_normalised_head_divides_by_the_std_and_reports_the_mean_in_new_units():
@@ -30,37 +29,47 @@ def test_normalised_head_divides_by_the_std_and_reports_the_mean_in_new_units():
 
 
 def _demonstration_sequences(config, run_dir, n: int):
-  """The first n demonstrations as prompt + response + EOS ids, encoded plainly: the
-  prompt cut from the left, the response from the right (the stages' policy)."""
+  """The first n demonstrations as (prompt + response + EOS ids, prompt length), encoded
+  plainly: the prompt cut from the left, the response from the right (the stages'
+  policy)."""
   data = sources.load_data(config, str(run_dir))
   tok, limit = data.tokenizer, config.data.max_prompt_len
   seqs = []
   for row in data.read("sft")[:n]:
     prompt = tok(row.prompt, add_special_tokens=False)["input_ids"][-limit:]
     response = tok(row.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    seqs.append(np.asarray(prompt + response[:config.data.max_len - len(prompt)], np.int32))
+    seqs.append((np.asarray(prompt + response[:config.data.max_len - len(prompt)], np.int32),
+                 len(prompt)))
   return seqs
+
+
+def _padded(seqs):
+  """Right-padded tokens and response masks (response and EOS): [N, T] each."""
+  tokens = np.zeros((len(seqs), max(len(s) for s, _ in seqs)), np.int32)
+  response_mask = np.zeros_like(tokens)
+  for i, (seq, prompt_len) in enumerate(seqs):
+    tokens[i, :len(seq)] = seq
+    response_mask[i, prompt_len:len(seq)] = 1
+  return tokens, response_mask
 
 
 def _load_rm(config, run_dir):
   cfg = model_config(config.model, field="config.model")
   mesh = sharding.make_mesh(**config.mesh)
-  params, card = stage_export.load_export(
-      os.path.join(run_dir, "rm"), sharding.abstract_params(ScalarModel(cfg), mesh),
-      expected_stages=("rm",))
-  return cfg, jax.device_get(params), card
+  model, params, card = reward.load_reward_model(cfg, os.path.join(run_dir, "rm"), mesh)
+  return model, jax.device_get(params), card
 
 
 def test_the_exported_rm_scores_demonstrations_with_mean_0_and_std_1(test_run):
   config, run_dir = test_run
-  cfg, params, card = _load_rm(config, run_dir)
+  model, params, card = _load_rm(config, run_dir)
+  assert model.likelihood_feature == config.rm.likelihood_feature
   seqs = _demonstration_sequences(config, run_dir, 10**6)
   # Right-padded into one batch: causal attention leaves each sequence's values alone.
-  tokens = np.zeros((len(seqs), max(map(len, seqs))), np.int32)  # [N, T]
-  for i, seq in enumerate(seqs):
-    tokens[i, :len(seq)] = seq
-  values = np.asarray(jax.jit(ScalarModel(cfg).apply)({"params": params}, tokens))  # [N, T]
-  scores = np.array([values[i, len(seq) - 1] for i, seq in enumerate(seqs)])  # [N]
+  tokens, response_mask = _padded(seqs)  # [N, T]
+  values = np.asarray(jax.jit(model.apply)({"params": params}, tokens,
+                                           response_mask=response_mask))  # [N, T]
+  scores = np.array([values[i, len(seq) - 1] for i, (seq, _) in enumerate(seqs)])  # [N]
   normalised = scores - card.reward_bias
   assert card.reward_std > 0
   assert abs(normalised.mean()) < 1e-4
@@ -69,13 +78,16 @@ def test_the_exported_rm_scores_demonstrations_with_mean_0_and_std_1(test_run):
 
 def test_value_model_starts_at_the_normalised_reward(test_run):
   config, run_dir = test_run
-  cfg, rm_params, card = _load_rm(config, run_dir)
+  reward_model, rm_params, card = _load_rm(config, run_dir)
   assert abs(card.reward_bias) > 1e-3  # else the test could not tell raw from normalised
   program = ppo._program(config, str(run_dir), "ppo")  # pylint: disable=protected-access
   state, _ = sharding.create_sharded(program.init_state, program.mesh, jax.random.PRNGKey(0))
   value_params = jax.device_get(program.begin(state).params["value"])
-  _, value_model, reward_model = ppo.make_models(cfg)
-  for seq in _demonstration_sequences(config, run_dir, 4):
-    values = value_model.apply({"params": value_params}, seq[None])[0]  # [T]
-    raw = reward_model.apply({"params": rm_params}, seq[None])[0]  # [T]
-    np.testing.assert_allclose(values, raw - card.reward_bias, atol=1e-5)
+  _, value_model, _ = ppo.make_models(reward_model.config,
+                                      likelihood_feature=card.likelihood_feature)
+  tokens, response_mask = _padded(_demonstration_sequences(config, run_dir, 4))
+  values = value_model.apply({"params": value_params}, tokens,
+                             response_mask=response_mask)  # [N, T]
+  raw = reward_model.apply({"params": rm_params}, tokens,
+                           response_mask=response_mask)  # [N, T]
+  np.testing.assert_allclose(values, raw - card.reward_bias, atol=1e-5)

@@ -4,6 +4,8 @@
       --field=ppo.kl_coef --values=0.02,0.05,0.1
   python experiments/validity/validation_sweep.py --workdir=runs/demo --stage=ppo_ptx \
       --field=ppo.ptx_coef --values=0.3,1.0,3.0
+  python experiments/validity/validation_sweep.py --workdir=runs/demo --stage=rm \
+      --field=rm.likelihood_feature --values=false,true
 
 WORKDIR holds a finished pipeline run of the same --config; each value trains the stage
 again from its SFT policy and RM and is scored on the validation prompts.
@@ -24,4 +26,4 @@ def run(config, workdir, *, stage):
 
 
 if __name__ == "__main__":
-  cli.main(run, stages=("ppo", "ppo_ptx", "rloo", "grpo", "dpo"), default_stage="ppo")
+  cli.main(run, stages=("rm", "ppo", "ppo_ptx", "rloo", "grpo", "dpo"), default_stage="ppo")

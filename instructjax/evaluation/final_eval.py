@@ -31,7 +31,8 @@ from instructjax.data.testbed import probes
 from instructjax.evaluation import measures, tax
 from instructjax.evaluation.contestants import (BASELINE, CHAMPION, LABELER_GROUPS, RIVALS,
                                                Contestant, contestant, contestants_for)
-from instructjax.models import CausalLM, ScalarModel, last_token_value
+from instructjax.models import CausalLM, last_token_value
+from instructjax.reward import load_reward_model
 
 N_SAMPLES = 4  # prompts whose answers the report shows for every model
 
@@ -69,10 +70,13 @@ def _kl_sums(params, ref_params, tokens, token_mask, response_mask, *, policy, r
 
 
 @functools.partial(jax.jit, static_argnames="reward_model")
-def _rm_scores(params, tokens, token_mask, *, reward_model):
-  """The RM's raw score of each prompt + response at its last token. -> [B]"""
+def _rm_scores(params, tokens, token_mask, response_mask, *, reward_model):
+  """The RM's raw score of each prompt + response at its last token; tokens, token_mask:
+  [B, P + N], response_mask: [B, N]. -> [B]"""
+  full = jnp.pad(response_mask, ((0, 0), (tokens.shape[1] - response_mask.shape[1], 0)))
   return last_token_value(reward_model.apply({"params": params}, tokens,
-                                             token_mask=token_mask), token_mask)
+                                             token_mask=token_mask, response_mask=full),
+                          token_mask)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -108,7 +112,7 @@ def sampled_measures(policy, params, reference, ref_params, prompts: Sequence[st
     kls.extend(kl[real])
     if reward is not None:
       raw = multihost.to_host(_rm_scores(reward.params, out.tokens, token_mask,
-                                         reward_model=reward.model))
+                                         out.response_mask, reward_model=reward.model))
       scores.extend(raw[real] - reward.bias)
     texts = measures.decode_responses(tokenizer, tokens[:, prompt_len:], response_mask,
                                       eos_id=tokenize.eos_id(tokenizer))
@@ -197,10 +201,8 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
 
 def _reward_model(config, run_dir: str, mesh) -> RewardModel:
   """The RM the RL stages were trained against, from WORKDIR/rm."""
-  model = ScalarModel(hf_import.resolve_model(config, run_dir, "model"))
-  params, card = stage_export.load_export(
-      os.path.join(run_dir, "rm"), sharding.abstract_params(model, mesh),
-      expected_stages=("rm",))
+  model, params, card = load_reward_model(
+      hf_import.resolve_model(config, run_dir, "model"), os.path.join(run_dir, "rm"), mesh)
   return RewardModel(model=model, params=params, bias=card.reward_bias)
 
 

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from instructjax import hf_import, multihost, reward, sharding, stage_export
+from instructjax import hf_import, multihost, reward, sharding
 from instructjax.data import batching, records, sources
 from instructjax.evaluation import final_eval, measures
 from instructjax.evaluation.contestants import BASELINE, contestant, contestants_for
@@ -66,13 +66,9 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   mesh = sharding.make_mesh(**config.mesh)
   prompts = [r.prompt for r in data.read("eval_prompts")][:config.eval.prompts]
   models = final_eval.Models(config, run_dir, mesh)
-  scalar = ScalarModel(hf_import.resolve_model(config, run_dir, "model"))
-  judges = {}
-  for judge in JUDGES:
-    params, card = stage_export.load_export(
-        os.path.join(run_dir, judge), sharding.abstract_params(scalar, mesh),
-        expected_stages=(judge,))
-    judges[judge] = (params, card)
+  cfg = hf_import.resolve_model(config, run_dir, "model")
+  judges = {judge: reward.load_reward_model(cfg, os.path.join(run_dir, judge), mesh,
+                                            stage=judge) for judge in JUDGES}
   rng = jax.random.PRNGKey(config.seed + 7)
   tok = data.tokenizer
   doc_batcher = batching.PretrainBatcher(tok, buckets=tuple(config.data.buckets))
@@ -91,7 +87,7 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
         "samples": [{"prompt": p, "response": r}
                     for p, r in zip(prompts[:final_eval.N_SAMPLES], answers[c.name])]}
   sft_model, sft_params = models(BASELINE)
-  for judge, (params, card) in judges.items():
+  for judge, (scalar, params, card) in judges.items():
     scores = {name: score_answers(scalar, params, prompts, a, tok, config=config, mesh=mesh)
               - card.reward_bias for name, a in answers.items()}
     for name, result in results.items():
@@ -105,5 +101,5 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
         model, params, sft_model, sft_params, prompts, tok,
         prompt_len=config.data.max_prompt_len, max_new_tokens=config.eval.max_new_tokens,
         mesh=mesh, rng=rng)["kl"]
-  accuracy = {judge: card.final_eval.get("accuracy") for judge, (_, card) in judges.items()}
+  accuracy = {judge: card.final_eval.get("accuracy") for judge, (_, _, card) in judges.items()}
   return {"models": results, "rm_accuracy": accuracy}

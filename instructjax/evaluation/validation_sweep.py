@@ -9,7 +9,9 @@ trains in WORKDIR/sweeps/<stage>/<field>=<value>, whose testbed and parent stage
 links to WORKDIR's, so every value starts from the same SFT policy and RM. Each export
 is scored on the testbed's validation prompts (never the test prompts): the gold score
 of its greedy answers (95% interval), the training labelers' win rate against SFT's
-answers, and the alignment-tax measurements on the validation probes. The rows go to
+answers, and the alignment-tax measurements on the validation probes. An RM is scored
+where PPO will use it: on SFT's samples for the validation prompts, by the credit of the
+one it ranks first (`rm_validation_measures`). The rows go to
 WORKDIR/sweeps/<stage>/<field>.json; the run's config records the choice they support
 in its `choices` section.
 """
@@ -23,10 +25,12 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from instructjax import sharding, stage_table
+import numpy as np
+
+from instructjax import hf_import, reward, sampling, sharding, stage_table
 from instructjax.atomic_write import write_json
-from instructjax.data import sources, testbed
-from instructjax.evaluation import final_eval, measures
+from instructjax.data import sources, testbed, tokenize
+from instructjax.evaluation import final_eval, judged_eval, measures
 
 
 def _ancestors(name: str) -> list[str]:
@@ -46,8 +50,18 @@ def with_value(config: ml_collections.ConfigDict, field: str,
     node = node[section]
   if key not in node:
     raise KeyError(f"--field={field}: config.{'.'.join(sections)} has no field {key!r}")
-  node[key] = type(node[key])(value)
+  node[key] = _parse_bool(field, value) if isinstance(node[key], bool) else type(node[key])(value)
   return out
+
+
+def _parse_bool(field: str, value: Any) -> bool:
+  """bool("False") is True: a boolean field takes true/false spelled out."""
+  if isinstance(value, bool):
+    return value
+  spelled = str(value).strip().lower()
+  if spelled not in ("true", "false"):
+    raise ValueError(f"--field={field} is a boolean: give true or false, not {value!r}")
+  return spelled == "true"
 
 
 def value_dir(run_dir: str, stage: str, field: str, value: Any) -> str:
@@ -88,19 +102,71 @@ def validation_measures(config, run_dir: str, stage: str, *, sft_answers=None) -
   return out
 
 
+def rm_validation_measures(config, run_dir: str, *, samples_per_prompt: int = 8) -> dict:
+  """The RM of run_dir judged where PPO uses it: for each validation prompt, sample
+  `samples_per_prompt` answers from SFT (PPO's temperature and length) and take the one
+  the RM ranks first. -> credit and gold of its picks, of a random sample (the mean) and
+  of the best sample (an oracle's pick); and the RM's accuracy on rm_eval's
+  correctness-only pairs, from its export card."""
+  data = sources.load_data(config, run_dir)
+  mesh = sharding.make_mesh(**config.mesh)
+  examples = data.testbed.val_prompts[:config.eval.prompts]
+  n = samples_per_prompt
+  policy, policy_params = final_eval.Models(config, run_dir, mesh)("sft")
+  tok = data.tokenizer
+  prompts = [e.prompt for e in examples for _ in range(n)]
+  texts = measures.sample_responses(
+      policy, policy_params, prompts, tok, sampling_config=sampling.SamplingConfig(
+          max_new_tokens=config.ppo.max_new_tokens, temperature=config.ppo.temperature,
+          eos_id=tokenize.eos_id(tok), pad_id=tokenize.pad_id(tok)),
+      batch_size=64, buckets=(config.data.max_prompt_len,), mesh=mesh,
+      rng=jax.random.PRNGKey(config.seed))
+  cfg = hf_import.resolve_model(config, run_dir, "model")
+  model, params, card = reward.load_reward_model(cfg, os.path.join(run_dir, "rm"), mesh)
+  scores = judged_eval.score_answers(model, params, prompts, texts, tok, config=config,
+                                     mesh=mesh).reshape(-1, n)  # [prompts, n]
+  scores = np.where(np.array([t.strip() == "" for t in texts]).reshape(-1, n), -np.inf,
+                    scores)  # an empty answer is never the RM's pick
+  by_sample = {name: np.array([fn(e, t) for e, t in zip(
+      (e for e in examples for _ in range(n)), texts)]).reshape(-1, n)
+               for name, fn in (("credit", testbed.credit), ("gold", testbed.score))}
+  picked = np.argmax(scores, axis=1)  # [prompts]
+  out = {"correctness_accuracy": card.final_eval.get("accuracy_correctness"),
+         "samples_per_prompt": n}
+  for name, values in by_sample.items():
+    out[f"rm_pick_{name}"] = measures.mean_with_ci(values[np.arange(len(values)), picked])
+    out[f"random_{name}"] = float(values.mean())
+    out[f"best_{name}"] = float(values.max(axis=1).mean())
+  return out
+
+
+def _rm_row(config, where: str, value) -> dict:
+  scored = rm_validation_measures(config, where)
+  print(f"[sweep] rm value {value}: credit of the RM's pick among "
+        f"{scored['samples_per_prompt']} SFT samples {scored['rm_pick_credit']['rate']:.3f} "
+        f"(random {scored['random_credit']:.3f}, best {scored['best_credit']:.3f}); gold "
+        f"{scored['rm_pick_gold']['rate']:.3f}; correctness-only accuracy on rm_eval "
+        f"{scored['correctness_accuracy']:.3f}", flush=True)
+  return {"value": value, **scored}
+
+
 def sweep(config: ml_collections.ConfigDict, run_dir: str, *, stage: str, field: str,
           values: Sequence[Any]) -> list[dict]:
   """Trains `stage` once per value of `field` and scores each on validation; -> rows
   {value, gold, win_rate_vs_sft, probe_accuracy, distinct_text_loss}, also written to
   WORKDIR/sweeps/<stage>/<field>.json with SFT's."""
   run = importlib.import_module(stage_table.stage(stage).program).run
-  sft = validation_measures(config, run_dir, "sft")
+  rm = stage == "rm"
+  sft = {} if rm else validation_measures(config, run_dir, "sft")
   rows = []
   for value in values:
     cfg = with_value(config, field, value)
     where = value_dir(run_dir, stage, field, value)
     _link_parents(cfg, run_dir, where, stage)
     run(cfg, where, stage=stage)
+    if rm:
+      rows.append(_rm_row(cfg, where, value))
+      continue
     scored = validation_measures(cfg, where, stage, sft_answers=sft["answers"])
     rows.append({"value": value, **{k: v for k, v in scored.items() if k != "answers"}})
     print(f"[sweep] {stage} {field}={value}: validation gold {scored['gold']['rate']:.3f} "

@@ -133,6 +133,11 @@ def to_hf(model: CausalLM | ScalarModel, params, path: str | os.PathLike, *,
   if not isinstance(model, CausalLM) and not (reward_model and not model.head_bias):
     raise HFCheckpointError(f"to_hf exports a CausalLM or a reward model (a ScalarModel "
                             f"without head bias), got {model!r}")
+  if reward_model and model.likelihood_feature:
+    raise HFCheckpointError(
+        "a reward model with likelihood_feature has no HF equivalent: "
+        "*ForSequenceClassification reads the last token's head only, not the response "
+        "likelihood; train the RM with config.rm.likelihood_feature=False to export it")
   config = model.config
   hf_config = _hf_config(config, token_ids or {})
   if reward_model:

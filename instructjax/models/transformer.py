@@ -2,12 +2,13 @@
 
 Parameter tree (the same for every family, so checkpoints map one to one):
   transformer/{wte, wpe (gpt2), block_0 .. block_{L-1}, ln_f}
-  lm_head (untied only) | scalar_head
+  lm_head (untied only) | scalar_head (+ likelihood_scale, and lm_head if untied)
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from instructjax.models.model_config import ModelConfig
@@ -86,19 +87,27 @@ class CausalLM(nn.Module):
                    deterministic=deterministic, decode=decode)  # [B, T, D]
     if last_only:
       hidden = hidden[:, -1:]  # [B, 1, D]
-    if cfg.tie_embeddings:
-      logits = trunk.wte.attend(hidden)
-    else:
-      logits = nn.Dense(
-          cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-          kernel_init=nn.with_logical_partitioning(_EMBED_INIT, ("embed", "vocab")),
-          name="lm_head")(hidden)
-    logits = nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
+    logits = _unembed(cfg, trunk, hidden)
     return logits.astype(jnp.float32)  # [B, T, V]
 
 
+def _unembed(cfg: ModelConfig, trunk: Trunk, hidden):
+  """hidden: [B, T, D] -> next-token logits [B, T, V], with the tied embedding or an
+  `lm_head` (the CausalLM's parameter name, so a reward model started from the policy
+  copies it)."""
+  if cfg.tie_embeddings:
+    logits = trunk.wte.attend(hidden)
+  else:
+    logits = nn.Dense(
+        cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        kernel_init=nn.with_logical_partitioning(_EMBED_INIT, ("embed", "vocab")),
+        name="lm_head")(hidden)
+  return nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
+
+
 class ScalarModel(nn.Module):
-  """The trunk with the unembedding replaced by a scalar head: a value per position.
+  """The trunk with a scalar head instead of the unembedding: a value per position (with
+  likelihood_feature, plus a scaled likelihood of the response so far).
 
   Reward models read it at the last real token (`last_token_value`); value models use
   every position.
@@ -110,17 +119,44 @@ class ScalarModel(nn.Module):
   # normalised reward.
   head_bias: bool = False
 
+  # Also add likelihood_scale x the mean log-probability of the response tokens so far,
+  # under the trunk's own unembedding. A trunk started from the SFT policy knows which
+  # answers are right (its likelihood puts the ideal answer above a one-word-wrong one
+  # 93% of the time), but a head on the last hidden state does not read that out (0.50).
+  likelihood_feature: bool = False
+
   @nn.compact
-  def __call__(self, tokens, *, positions=None, token_mask=None, deterministic=True):
+  def __call__(self, tokens, *, positions=None, token_mask=None, response_mask=None,
+               deterministic=True):
+    """tokens, token_mask, response_mask (1 on the scored response tokens, EOS included;
+    needed with likelihood_feature): [B, T] -> a value per position [B, T]."""
     cfg = self.config
-    hidden = Trunk(cfg, name="transformer")(
-        tokens, positions=positions, token_mask=token_mask, deterministic=deterministic)
+    trunk = Trunk(cfg, name="transformer")
+    hidden = trunk(tokens, positions=positions, token_mask=token_mask,
+                   deterministic=deterministic)  # [B, T, D]
     value = nn.Dense(
         1, use_bias=self.head_bias, dtype=jnp.float32, param_dtype=cfg.weight_dtype,
         kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "scalar")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("scalar",)),
-        name="scalar_head")(hidden.astype(jnp.float32))
-    return value[..., 0]  # [B, T]
+        name="scalar_head")(hidden.astype(jnp.float32))[..., 0]  # [B, T]
+    if not self.likelihood_feature:
+      return value
+    if response_mask is None:
+      if not self.is_initializing():
+        raise ValueError("ScalarModel(likelihood_feature=True) needs response_mask: [B, T], "
+                         "1 on the response tokens it scores")
+      response_mask = jnp.zeros_like(tokens)
+    logits = _unembed(cfg, trunk, hidden[:, :-1]).astype(jnp.float32)  # [B, T-1, V]
+    logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None],
+                                   axis=-1)[..., 0]  # [B, T-1]: log p(token t+1 | <= t)
+    logprobs = jnp.pad(logprobs, ((0, 0), (1, 0)))  # [B, T]: token 0 has no prediction
+    scored = (jnp.asarray(response_mask) > 0).at[:, 0].set(False).astype(jnp.float32)  # [B, T]
+    mean_so_far = (jnp.cumsum(logprobs * scored, axis=-1)
+                   / jnp.maximum(jnp.cumsum(scored, axis=-1), 1.0))  # [B, T]
+    # Starts at 1: the likelihood's own ranking, which the ranking loss then adjusts.
+    scale = self.param("likelihood_scale",
+                       nn.with_logical_partitioning(nn.initializers.ones, ()), (), jnp.float32)
+    return value + scale * mean_so_far
 
 
 def last_token_value(values, token_mask):

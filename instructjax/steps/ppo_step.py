@@ -60,7 +60,8 @@ def ppo_step(state: PPOState, rollout: Rollout, ptx_batch: TokenBatch | None, *,
                "approx_kl": pg["approx_kl_sum"], "ratio": pg["ratio_sum"], "entropy": entropy}
     if value_model is not None:
       values = response_values(value_model.apply, params["value"], rollout.tokens,
-                               rollout.token_mask, prompt_len=prompt_len)  # [B, N]
+                               rollout.token_mask, rollout.response_mask,
+                               prompt_len=prompt_len)  # [B, N]
       _, vf = rl.ppo_value_loss(values=values, old_values=rollout.values,
                                 returns=rollout.returns,
                                 response_mask=rollout.response_mask, clip_range=value_clip)

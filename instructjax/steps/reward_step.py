@@ -17,9 +17,11 @@ def ranking_rewards(apply_fn, params, batch: RankingBatch, *, rng=None):
   b, k, t = batch.tokens.shape
   tokens = batch.tokens.reshape(b * k, t)
   token_mask = batch.token_mask.reshape(b * k, t)
+  response_mask = batch.loss_mask.reshape(b * k, t)  # the response tokens, EOS included
   kwargs = ({"deterministic": False, "rngs": {"dropout": rng}} if rng is not None
             else {"deterministic": True})
-  values = apply_fn({"params": params}, tokens, token_mask=token_mask, **kwargs)  # [B*K, T]
+  values = apply_fn({"params": params}, tokens, token_mask=token_mask,
+                    response_mask=response_mask, **kwargs)  # [B*K, T]
   return last_token_value(values, token_mask).reshape(b, k)
 
 

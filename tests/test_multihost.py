@@ -23,8 +23,8 @@ import jax
 import numpy as np
 import pytest
 
-from instructjax import hf_import, sharding, stage_export, stage_table
-from instructjax.models import CausalLM, ScalarModel
+from instructjax import hf_import, reward, sharding, stage_export, stage_table
+from instructjax.models import CausalLM
 from stage_commands import CONFIG, PPO_FLAGS, REPO
 
 LOCAL_DEVICES = 4
@@ -147,10 +147,12 @@ def test_rerun_finishes_every_stage_with_the_one_process_params(two_process_run,
 
 def _export_params(config, run_dir, stage, mesh) -> dict[str, np.ndarray]:
   cfg = hf_import.resolve_model(config, str(run_dir), stage.model_section)
-  model = ScalarModel(cfg) if stage.program == "instructjax.reward" else CausalLM(cfg)
-  params, _ = stage_export.load_export(os.path.join(run_dir, stage.name),
-                                       sharding.abstract_params(model, mesh),
-                                       expected_stages=(stage.name,))
+  where = os.path.join(run_dir, stage.name)
+  if stage.program == "instructjax.reward":
+    _, params, _ = reward.load_reward_model(cfg, where, mesh, stage=stage.name)
+  else:
+    params, _ = stage_export.load_export(where, sharding.abstract_params(CausalLM(cfg), mesh),
+                                         expected_stages=(stage.name,))
   return _flat(params)
 
 

@@ -99,7 +99,8 @@ def _start_and_kill(programs, run_dir, stage: str, ckpt_dir, output, **when) -> 
 
 def _model(config, stage: str):
   cfg = model_config(config.model, field="config.model")
-  return ScalarModel(cfg) if stage == "rm" else CausalLM(cfg)
+  return (ScalarModel(cfg, likelihood_feature=config.rm.likelihood_feature) if stage == "rm"
+          else CausalLM(cfg))
 
 
 def _export(config, run_dir, stage: str):
@@ -114,7 +115,8 @@ def _init_state(config, stage: str):
   """The stage's state factory, as its program builds it: rng -> boxed state."""
   if stage in ppo.STAGES:
     cfg = model_config(config.model, field="config.model")
-    policy, value_model, _ = ppo.make_models(cfg)
+    policy, value_model, _ = ppo.make_models(
+        cfg, likelihood_feature=config.rm.likelihood_feature)
     return ppo.make_init_state(config.ppo, policy, value_model)
   return make_init_state(_model(config, stage), config[stage], config.data.buckets[0])
 

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from instructjax import (advantage_estimators, cli, hf_import, multihost, rl, sampling,
+from instructjax import (advantage_estimators, cli, hf_import, multihost, reward, rl, sampling,
                          sharding, stage_export, stage_table)
 from instructjax.config import ConfigError
 from instructjax.data import batching, sources, testbed, tokenize
@@ -271,17 +271,14 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
   mesh = sharding.make_mesh(**config.mesh)
   for field in ("rollout_batch_size", "minibatch_size", "ptx_batch_size"):
     sharding.check_batch_divides(ppo[field], mesh, field=f"config.{section}.{field}")
-  rm_dir = os.path.join(run_dir, "rm")
-  policy, value_model, reward_model = make_models(
-      cfg, critic=has_critic(ppo),
-      likelihood_feature=stage_export.read_card(rm_dir, expected_stages=("rm",)).likelihood_feature)
+  reward_model, reward_params, rm_card = reward.load_reward_model(
+      cfg, os.path.join(run_dir, "rm"), mesh)
+  policy, value_model, _ = make_models(cfg, critic=has_critic(ppo),
+                                       likelihood_feature=reward_model.likelihood_feature)
   tok, prompt_len = data.tokenizer, config.data.max_prompt_len
   ref_params, _ = stage_export.load_export(
       os.path.join(run_dir, "sft"), sharding.abstract_params(policy, mesh),
       expected_stages=("sft",))
-  reward_params, rm_card = stage_export.load_export(
-      rm_dir, sharding.abstract_params(reward_model, mesh),
-      expected_stages=("rm",))
   experience = Experience(
       sample=build_sampler(ppo, policy, eos_id=tokenize.eos_id(tok), pad_id=tokenize.pad_id(tok)),
       score=build_scorer(ppo, policy, value_model, reward_model,

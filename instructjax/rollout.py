@@ -62,6 +62,15 @@ def response_values(apply_fn, params, tokens, token_mask, response_mask, *, prom
   return values[:, prompt_len - 1:-1]
 
 
+def response_reward(apply_fn, params, tokens, token_mask, response_mask):
+  """The RM's raw score of each prompt + response, at its last token; tokens, token_mask:
+  [B, P + N], response_mask: [B, N]. -> [B]"""
+  prompt_len = tokens.shape[1] - response_mask.shape[1]
+  values = apply_fn({"params": params}, tokens, token_mask=token_mask,
+                    response_mask=_over_sequence(response_mask, prompt_len))  # [B, S]
+  return last_token_value(values, token_mask)
+
+
 def _over_sequence(response_mask, prompt_len: int):
   """[B, N] response mask -> [B, P + N], 0 over the prompt."""
   return jnp.pad(response_mask, ((0, 0), (prompt_len, 0)))
@@ -98,10 +107,8 @@ def score_rollout(params, sample: sampling.SampleOutput, prompt_mask, example_in
                                       prompt_len=prompt_len, temperature=temperature)
   # 3. The reward model scores prompt + response at its last token; normalise it so
   #    demonstrations score 0 on average; a response without EOS gets a fixed penalty.
-  raw_scores = last_token_value(
-      reward_model.apply({"params": params["reward"]}, tokens, token_mask=token_mask,
-                         response_mask=_over_sequence(response_mask, prompt_len)),
-      token_mask)  # [B]
+  raw_scores = response_reward(reward_model.apply, params["reward"], tokens, token_mask,
+                               response_mask)  # [B]
   scores = jnp.where(sample.finished, raw_scores - reward_bias, no_eos_penalty)
   if advantage != "gae":
     advantages = _group_advantages(scores, logprobs, ref_logprobs, response_mask, kl_coef,

@@ -24,14 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import (hf_import, losses, multihost, sampling, sharding, stage_export,
-                         stage_table)
+from instructjax import (hf_import, losses, multihost, rollout, sampling, sharding,
+                         stage_export, stage_table)
 from instructjax.data import batching, records, sources, testbed, tokenize
 from instructjax.data.testbed import probes
 from instructjax.evaluation import measures, tax
 from instructjax.evaluation.contestants import (BASELINE, CHAMPION, LABELER_GROUPS, RIVALS,
                                                Contestant, contestant, contestants_for)
-from instructjax.models import CausalLM, last_token_value
+from instructjax.models import CausalLM
 from instructjax.reward import load_reward_model
 
 N_SAMPLES = 4  # prompts whose answers the report shows for every model
@@ -69,14 +69,7 @@ def _kl_sums(params, ref_params, tokens, token_mask, response_mask, *, policy, r
   return jnp.sum(jnp.where(response_mask > 0, diff, 0.0), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames="reward_model")
-def _rm_scores(params, tokens, token_mask, response_mask, *, reward_model):
-  """The RM's raw score of each prompt + response at its last token; tokens, token_mask:
-  [B, P + N], response_mask: [B, N]. -> [B]"""
-  full = jnp.pad(response_mask, ((0, 0), (tokens.shape[1] - response_mask.shape[1], 0)))
-  return last_token_value(reward_model.apply({"params": params}, tokens,
-                                             token_mask=token_mask, response_mask=full),
-                          token_mask)
+_rm_scores = jax.jit(rollout.response_reward, static_argnames="apply_fn")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,8 +104,8 @@ def sampled_measures(policy, params, reference, ref_params, prompts: Sequence[st
         (batch.example_index >= 0, kl, out.tokens, out.response_mask))
     kls.extend(kl[real])
     if reward is not None:
-      raw = multihost.to_host(_rm_scores(reward.params, out.tokens, token_mask,
-                                         out.response_mask, reward_model=reward.model))
+      raw = multihost.to_host(_rm_scores(reward.model.apply, reward.params, out.tokens,
+                                         token_mask, out.response_mask))
       scores.extend(raw[real] - reward.bias)
     texts = measures.decode_responses(tokenizer, tokens[:, prompt_len:], response_mask,
                                       eos_id=tokenize.eos_id(tokenizer))

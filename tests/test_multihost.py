@@ -76,9 +76,13 @@ def _wait_all(procs, timeout: float) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory, shared_tmp):
+def two_process_run(tmp_path_factory, shared_tmp, test_run):
   """(run dir, seconds the survivor took to stop after the kill, wall seconds of the
   rerun) of the pipeline on two processes, killed once in SFT and rerun."""
+  # The one-process test_run is built first: built after this run, its lock kept this
+  # worker idle for minutes while the other worker, busy with the quick pipeline,
+  # had begun it (test_resume.py).
+  del test_run
   run_dir = tmp_path_factory.mktemp("two_hosts")
   cache = shared_tmp / "xla_cache_two_hosts"
   logs = [open(run_dir / f"first_{i}.log", "wb") for i in range(2)]  # pylint: disable=consider-using-with

@@ -39,9 +39,10 @@ def test_validation_measures_read_only_validation_prompts(test_run, asked):
   bed = sources.load_data(config, str(run_dir)).testbed
   assert asked == [e.prompt for e in bed.val_prompts[:config.eval.prompts]]
   assert not set(asked) & {e.prompt for e in bed.eval_prompts}
-  gold = [testbed.score(bed.example(p), a) for p, a in zip(asked, scored["answers"])]
-  assert scored["gold"]["rate"] == pytest.approx(np.mean(gold))
-  assert scored["gold"]["n"] == len(asked)
+  for name, fn in (("gold", testbed.score), ("credit", testbed.credit)):
+    each = [fn(bed.example(p), a) for p, a in zip(asked, scored["answers"])]
+    assert scored[name]["rate"] == pytest.approx(np.mean(each)), name
+    assert scored[name]["n"] == len(asked), name
 
 
 def test_sweep_trains_each_value_from_the_same_parents(test_run, programs, tmp_path):

@@ -82,8 +82,8 @@ def _link_parents(config, run_dir: str, where: str, stage: str) -> None:
 
 def validation_measures(config, run_dir: str, stage: str, *, sft_answers=None) -> dict:
   """Greedy answers of `stage`'s export in run_dir to the validation prompts, scored:
-  gold score (95% CI) and, given SFT's answers, the training labelers' win rate; and the
-  alignment tax on the validation probes and distinct text."""
+  gold score and correctness credit (95% CIs) and, given SFT's answers, the training
+  labelers' win rate; and the alignment tax on the validation probes and distinct text."""
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
   examples = data.testbed.val_prompts[:config.eval.prompts]
@@ -93,9 +93,10 @@ def validation_measures(config, run_dir: str, stage: str, *, sft_answers=None) -
       model, params, [e.prompt for e in examples], tok,
       max_new_tokens=config.eval.max_new_tokens, prompt_len=config.data.max_prompt_len,
       mesh=mesh, rng=jax.random.PRNGKey(config.seed))
-  gold = measures.mean_with_ci([testbed.score(e, a) for e, a in zip(examples, answers)])
-  out = {"gold": gold, "answers": answers,
-         **final_eval.tax_measures(config, tok, model, params, split="val", mesh=mesh)}
+  out = {name: measures.mean_with_ci([fn(e, a) for e, a in zip(examples, answers)])
+         for name, fn in (("gold", testbed.score), ("credit", testbed.credit))}
+  out.update(answers=answers,
+             **final_eval.tax_measures(config, tok, model, params, split="val", mesh=mesh))
   if sft_answers is not None:
     judges = [l for l in data.testbed.labelers if not l.held_out]
     out["win_rate_vs_sft"] = final_eval.win_rate(examples, answers, sft_answers, judges)
@@ -153,8 +154,8 @@ def _rm_row(config, where: str, value) -> dict:
 def sweep(config: ml_collections.ConfigDict, run_dir: str, *, stage: str, field: str,
           values: Sequence[Any]) -> list[dict]:
   """Trains `stage` once per value of `field` and scores each on validation; -> rows
-  {value, gold, win_rate_vs_sft, probe_accuracy, distinct_text_loss}, also written to
-  WORKDIR/sweeps/<stage>/<field>.json with SFT's."""
+  {value, gold, credit, win_rate_vs_sft, probe_accuracy, distinct_text_loss}, also
+  written to WORKDIR/sweeps/<stage>/<field>.json with SFT's."""
   run = importlib.import_module(stage_table.stage(stage).program).run
   rm = stage == "rm"
   sft = {} if rm else validation_measures(config, run_dir, "sft")
@@ -170,7 +171,8 @@ def sweep(config: ml_collections.ConfigDict, run_dir: str, *, stage: str, field:
     scored = validation_measures(cfg, where, stage, sft_answers=sft["answers"])
     rows.append({"value": value, **{k: v for k, v in scored.items() if k != "answers"}})
     print(f"[sweep] {stage} {field}={value}: validation gold {scored['gold']['rate']:.3f} "
-          f"(CI {scored['gold']['ci_low']:.3f}-{scored['gold']['ci_high']:.3f}), win rate "
+          f"(CI {scored['gold']['ci_low']:.3f}-{scored['gold']['ci_high']:.3f}), credit "
+          f"{scored['credit']['rate']:.3f} (SFT {sft['credit']['rate']:.3f}), win rate "
           f"vs SFT {scored['win_rate_vs_sft']['rate']:.3f}, held-out formats "
           f"{scored['probe_accuracy']['average']['accuracy']:.3f}, distinct text loss "
           f"{scored['distinct_text_loss']:.3f}", flush=True)

@@ -72,7 +72,8 @@ def _require(condition: bool, field: str, message: str) -> None:
     raise ConfigError(f"config.{field}: {message}")
 
 
-_TRAIN_SECTIONS = ("pretrain", "sft", "rm", "ppo", "dpo", "rloo", "grpo")
+_TRAIN_SECTIONS = ("pretrain", "pretrain_big", "sft", "sft_big", "rm", "ppo", "dpo", "rloo",
+                   "grpo")
 _RL_SECTIONS = ("ppo", "rloo", "grpo")  # read by instructjax.ppo
 # The preference losses of the dpo section (instructjax.steps.dpo_step), kept here so
 # validating a config imports no model code.
@@ -130,6 +131,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                f"{cfg.warmup_steps} must be in [0, steps={cfg.steps}]")
   for section in (s for s in _RL_SECTIONS if s in config):
     _validate_rl(config[section], section)
+  if "rm" in config:
+    trunk = config.rm.get("trunk", "sft")
+    _require(trunk in ("sft", "sft_big"), "rm.trunk", f"{trunk!r} is not 'sft' or 'sft_big'")
+    _require(trunk in config, "rm.trunk",
+             f"{trunk!r} needs a config.{trunk} section (its training), which this config "
+             "lacks")
   if "dpo" in config:
     dpo = config.dpo
     _require(dpo.loss in _PREFERENCE_LOSSES, "dpo.loss",

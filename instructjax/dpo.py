@@ -65,7 +65,7 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
   sharding.check_batch_divides(train.batch_size, mesh, field="config.dpo.batch_size")
   model = CausalLM(cfg)
   buckets = tuple(config.data.buckets)
-  rows = reward.training_rows(config, data, cfg, mesh, run_dir)  # the RM's comparisons
+  rows = reward.training_rows(config, data, mesh, run_dir)  # the RM's comparisons
   eval_rows = data.read("rm_eval", skip_bad_rows=config.data.skip_bad_rows)
   k_max = max(len(r.responses) for r in rows + eval_rows)
 

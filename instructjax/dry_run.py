@@ -51,7 +51,7 @@ import ml_collections
 from absl import flags, logging
 from jax.sharding import AbstractMesh, Mesh
 
-from instructjax import cli, dpo, ppo, reward, sft, sharding
+from instructjax import cli, dpo, ppo, reward, sft, sharding, stage_table
 from instructjax.config import ConfigError, model_config, validate
 from instructjax.data.batches import RankingBatch, TokenBatch
 from instructjax.models import CausalLM, ScalarModel
@@ -190,6 +190,12 @@ def _sft_step(config, mesh) -> _Step:
                state.params, state)
 
 
+def _rm_config(config):
+  """The reward model's architecture: its trunk's section (config.rm.trunk)."""
+  section = stage_table.rm_trunk(config).model_section
+  return model_config(config[section], field=f"config.{section}")
+
+
 def _ranking_size(config) -> int:
   """K, the responses per ranked prompt: the testbed's maximum, or the dataset's."""
   if config.data.source == "testbed":
@@ -233,7 +239,8 @@ class _PPOSteps:
     self.config, self.mesh = config, mesh
     cfg = model_config(config.model, field="config.model")
     self.policy, self.value_model, self.reward_model = ppo.make_models(
-        cfg, critic=ppo.has_critic(config.ppo), likelihood_feature=config.rm.likelihood_feature)
+        cfg, rm_cfg=_rm_config(config), critic=ppo.has_critic(config.ppo),
+        likelihood_feature=config.rm.likelihood_feature)
     self.state, self.shardings = _abstract_state(
         ppo.make_init_state(config.ppo, self.policy, self.value_model), mesh)
     n, prompt_len = config.ppo.rollout_batch_size, config.data.max_prompt_len
@@ -482,7 +489,7 @@ def _run_steps(config: ml_collections.ConfigDict, mesh, steps: Sequence[str], *,
     reports["sft_step"], _ = run("sft_step", _sft_step(config, mesh))
   if "reward_step" in steps:
     reports["reward_step"], _ = run("reward_step", _ranking_step(
-        config, mesh, ScalarModel(model_config(config.model, field="config.model"),
+        config, mesh, ScalarModel(_rm_config(config),
                                   likelihood_feature=config.rm.likelihood_feature),
         config.rm, reward.build_step, with_reference=False))
   if "dpo_step" in steps and "dpo" in config:

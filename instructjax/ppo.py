@@ -77,14 +77,17 @@ def make_optimizer(ppo: ml_collections.ConfigDict) -> optax.GradientTransformati
                      optax.GradientTransformation(lambda _: optax.EmptyState(), scale_value))
 
 
-def make_models(cfg, *, critic: bool = True, likelihood_feature: bool = False
+def make_models(cfg, *, rm_cfg=None, critic: bool = True, likelihood_feature: bool = False
                 ) -> tuple[CausalLM, ScalarModel | None, ScalarModel]:
-  """-> (policy, value model or None without a critic, reward model). The value model is
-  the RM with a head bias, so it can start where the normalised reward is (see `begin`
+  """-> (policy, value model or None without a critic, reward model). The policy has
+  architecture cfg; the RM rm_cfg (default cfg: `reward.model_config_of`). The value model
+  is the RM with a head bias, so it can start where the normalised reward is (see `begin`
   in `_program`); likelihood_feature: the RM's (its export card says)."""
-  value_model = (ScalarModel(cfg, head_bias=True, likelihood_feature=likelihood_feature)
+  rm_cfg = cfg if rm_cfg is None else rm_cfg
+  value_model = (ScalarModel(rm_cfg, head_bias=True, likelihood_feature=likelihood_feature)
                  if critic else None)
-  return CausalLM(cfg), value_model, ScalarModel(cfg, likelihood_feature=likelihood_feature)
+  return (CausalLM(cfg), value_model,
+          ScalarModel(rm_cfg, likelihood_feature=likelihood_feature))
 
 
 def has_critic(ppo: ml_collections.ConfigDict) -> bool:
@@ -271,9 +274,10 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
   mesh = sharding.make_mesh(**config.mesh)
   for field in ("rollout_batch_size", "minibatch_size", "ptx_batch_size"):
     sharding.check_batch_divides(ppo[field], mesh, field=f"config.{section}.{field}")
+  rm_cfg = reward.model_config_of(config, run_dir)
   reward_model, reward_params, rm_card = reward.load_reward_model(
-      cfg, os.path.join(run_dir, "rm"), mesh)
-  policy, value_model, _ = make_models(cfg, critic=has_critic(ppo),
+      rm_cfg, os.path.join(run_dir, "rm"), mesh)
+  policy, value_model, _ = make_models(cfg, rm_cfg=rm_cfg, critic=has_critic(ppo),
                                        likelihood_feature=reward_model.likelihood_feature)
   tok, prompt_len = data.tokenizer, config.data.max_prompt_len
   ref_params, _ = stage_export.load_export(

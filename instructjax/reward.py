@@ -2,15 +2,18 @@
 
   python -m instructjax.reward --config=experiments/instructgpt_tiny.py --workdir=runs/demo
 
-Starts from WORKDIR/sft's export. After training it normalises the reward on the
-demonstrations, as lm-human-preferences does: the exported head is divided by the
-demonstrations' reward std (`reward_std` in the export card) and their mean, in those
-units, is `reward_bias`, so the normalised reward r(x, y) - reward_bias has mean 0 and
-std 1 on the demonstrations. Then beta, the value clip and the no-EOS penalty mean the
-same whatever scale the ranking loss left the RM at. Ranking accuracy on held-out
-comparisons is reported separately for the labelers who produced training data and for
-the held-out labelers; on the testbed, also on pairs that differ in correctness only
-(`accuracy_correctness`).
+Starts from WORKDIR/sft's export, or with config.rm.trunk="sft_big" from the large LM's
+after SFT (WORKDIR/sft_big: an RM larger than the policy, as the paper's one 6B RM judged
+every policy size); the RM has its trunk's architecture (`model_config_of`).
+
+After training it normalises the reward on the demonstrations, as lm-human-preferences
+does: the exported head is divided by the demonstrations' reward std (`reward_std` in the
+export card) and their mean, in those units, is `reward_bias`, so the normalised reward
+r(x, y) - reward_bias has mean 0 and std 1 on the demonstrations. Then beta, the value
+clip and the no-EOS penalty mean the same whatever scale the ranking loss left the RM at.
+Ranking accuracy on held-out comparisons is reported separately for the labelers who
+produced training data and for the held-out labelers; on the testbed, also on pairs that
+differ in correctness only (`accuracy_correctness`).
 """
 
 from __future__ import annotations
@@ -38,11 +41,17 @@ from instructjax.train_state import make_init_state
 STAGES = stage_table.run_by("instructjax.reward")  # the RM, and the held-out judge RM
 
 
-def load_sft_params(sft_dir: str, cfg, mesh):
-  """The SFT policy's parameters, laid out on the mesh."""
+def load_sft_params(sft_dir: str, cfg, mesh, *, stage: str = "sft"):
+  """An SFT stage's parameters (the policy's, or sft_big's), laid out on the mesh."""
   params, _ = stage_export.load_export(sft_dir, sharding.abstract_params(CausalLM(cfg), mesh),
-                                       expected_stages=("sft",))
+                                       expected_stages=(stage,))
   return params
+
+
+def model_config_of(config: ml_collections.ConfigDict, run_dir: str):
+  """The reward models' architecture in this run: that of their trunk's stage
+  (config.rm.trunk), which may be larger than the policy's."""
+  return hf_import.resolve_model(config, run_dir, stage_table.rm_trunk(config).model_section)
 
 
 def load_reward_model(cfg, stage_dir: str, mesh, *, stage: str = "rm"):
@@ -170,7 +179,7 @@ def judge_share(rows, *, fraction: float, seed: int):
   return [r for r in rows if r.prompt not in judged], [r for r in rows if r.prompt in judged]
 
 
-def training_rows(config, data, cfg, mesh, run_dir: str, stage: str = "rm"):
+def training_rows(config, data, mesh, run_dir: str, stage: str = "rm"):
   """config.data's rm_train rankings, less the judge RM's share where there is a judge; on
   the testbed, with part of each prompt's responses replaced by the SFT policy's samples
   (ranked again by the same labeler)."""
@@ -181,10 +190,11 @@ def training_rows(config, data, cfg, mesh, run_dir: str, stage: str = "rm"):
     return judge_rows if stage == "rm_judge" else rm_rows
   if data.testbed is None or config.rm.policy_sample_fraction <= 0:
     return rows
+  policy = hf_import.resolve_model(config, run_dir, "model")
   return comparisons.cached(os.path.join(run_dir, stage, "comparisons.jsonl"), lambda: (
       comparisons.with_policy_samples(
-          data.testbed.rm_train, data.testbed.labelers, CausalLM(cfg),
-          load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh), data.tokenizer,
+          data.testbed.rm_train, data.testbed.labelers, CausalLM(policy),
+          load_sft_params(os.path.join(run_dir, "sft"), policy, mesh), data.tokenizer,
           fraction=config.rm.policy_sample_fraction, temperature=1.0,
           max_new_tokens=config.ppo.max_new_tokens,
           prompt_len=config.data.max_prompt_len, mesh=mesh, seed=config.seed)))
@@ -192,14 +202,15 @@ def training_rows(config, data, cfg, mesh, run_dir: str, stage: str = "rm"):
 
 def _program(config, run_dir: str, stage: str) -> StageProgram:
   train = config.rm
-  cfg = hf_import.resolve_model(config, run_dir, "model")
+  trunk = stage_table.rm_trunk(config)
+  cfg = model_config_of(config, run_dir)
   data = sources.load_data(config, run_dir)
   mesh = sharding.make_mesh(**config.mesh)
   sharding.check_batch_divides(train.batch_size, mesh, field="config.rm.batch_size")
   model = ScalarModel(cfg, likelihood_feature=train.likelihood_feature)
   buckets = tuple(config.data.buckets)
   eval_rows = data.read("rm_eval", skip_bad_rows=config.data.skip_bad_rows)
-  rows = training_rows(config, data, cfg, mesh, run_dir, stage)
+  rows = training_rows(config, data, mesh, run_dir, stage)
   k_max = max(len(r.responses) for r in rows + eval_rows)
   batcher = batching.RankingBatcher(data.tokenizer, buckets=buckets,
                                     max_prompt_len=config.data.max_prompt_len, k_max=k_max)
@@ -212,7 +223,8 @@ def _program(config, run_dir: str, stage: str) -> StageProgram:
       l.id for l in data.testbed.labelers if l.held_out) if data.testbed else frozenset()
 
   def begin(state):
-    return start_from_sft(state, load_sft_params(os.path.join(run_dir, "sft"), cfg, mesh))
+    return start_from_sft(state, load_sft_params(os.path.join(run_dir, trunk.name), cfg, mesh,
+                                                 stage=trunk.name))
 
   # Pairs that differ in correctness only, on the rm_eval prompts: whether the RM can
   # judge an answer, not only its length or a remark.

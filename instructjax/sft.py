@@ -4,7 +4,8 @@
   python -m instructjax.sft --stage=pretrain --workdir=runs/demo   # stage 0
 
 SFT trains on demonstrations with the loss on response tokens only and starts from the
-pretrained LM; `--stage=pretrain` (or `pretrain_big`, the larger vanilla LM) trains a
+pretrained LM (`--stage=sft_big`: the large one, a trunk for a reward model larger than
+the policy, config.rm.trunk); `--stage=pretrain` (or `pretrain_big`, the larger vanilla LM) trains a
 fresh model on the documents (packed into full rows, `data.packing`, when
 config.data.pack_pretraining is set), or, with config.hf_name.model (big_model) set, imports
 that Hugging Face checkpoint instead (`instructjax.hf_import`). Writes
@@ -85,7 +86,8 @@ def _program(config, run_dir: str, stage: stage_table.Stage) -> StageProgram:
       build_advance=lambda shardings: batch_advance(build_step(train, shardings), batches,
                                                     mesh),
       iterators={"data": batches}, begin=begin if stage.parents else None,
-      evaluate=_evaluator(config, data, model, mesh, stage=stage.name), exports=exports,
+      evaluate=_evaluator(config, data, model, mesh, answers=bool(stage.parents)),
+      exports=exports,
       select_by=SELECT_BY if stage.parents and data.testbed is not None else None,
       log=config.log)
 
@@ -107,9 +109,10 @@ def _pretraining_rows(config, data):
 SELECT_BY = "val_gold_score"
 
 
-def _evaluator(config, data, model, mesh, *, stage: str):
-  """Held-out pretraining loss; plus, after SFT, the gold score of greedy answers to the
-  validation prompts and what it is made of (credit, remark rate, extra words)."""
+def _evaluator(config, data, model, mesh, *, answers: bool):
+  """Held-out pretraining loss; plus, where `answers` (SFT, not pretraining), the gold
+  score of greedy answers to the validation prompts and what it is made of (credit,
+  remark rate, extra words)."""
   heldout = data.read("pretrain_heldout")
   batcher = batching.PretrainBatcher(data.tokenizer, buckets=tuple(config.data.buckets))
   n_prompts = config.eval.prompts
@@ -118,7 +121,7 @@ def _evaluator(config, data, model, mesh, *, stage: str):
     metrics = {"heldout_pretrain_loss": measures.lm_loss(
         model.apply, state.params, heldout, batcher, batch_size=32, mesh=mesh,
         max_batches=8)}
-    if stage == "sft" and data.testbed is not None:
+    if answers and data.testbed is not None:
       examples = data.testbed.val_prompts[:n_prompts]
       responses = measures.greedy_answers(
           model, state.params, [e.prompt for e in examples], data.tokenizer,

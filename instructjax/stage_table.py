@@ -21,7 +21,8 @@ class Stage:
   # reward model that judges the final evaluation, trained on comparisons no other
   # stage sees and never used in PPO.
   judge_only: bool = False
-  # Run only where the config has its train_section (the methods compared with PPO).
+  # Run only where the config has its train_section (sft_big, and the methods compared
+  # with PPO).
   optional: bool = False
 
 
@@ -32,10 +33,16 @@ STAGES: tuple[Stage, ...] = (
           train_section="pretrain_big", program="instructjax.sft"),
     Stage(name="sft", parents=("pretrain",), model_section="model", train_section="sft",
           program="instructjax.sft"),
-    Stage(name="rm", parents=("sft",), model_section="model", train_section="rm",
+    # The large LM after SFT on the same demonstrations: a reward model larger than the
+    # policy starts from it where config.rm.trunk says so (see `rm_trunk`).
+    Stage(name="sft_big", parents=("pretrain_big",), model_section="big_model",
+          train_section="sft_big", program="instructjax.sft", optional=True),
+    # The RMs' architecture is their trunk's (`rm_trunk`), not model_section's; their
+    # comparisons' policy samples come from sft.
+    Stage(name="rm", parents=("sft", "sft_big"), model_section="model", train_section="rm",
           program="instructjax.reward"),
-    Stage(name="rm_judge", parents=("sft",), model_section="model", train_section="rm",
-          program="instructjax.reward", judge_only=True),
+    Stage(name="rm_judge", parents=("sft", "sft_big"), model_section="model",
+          train_section="rm", program="instructjax.reward", judge_only=True),
     Stage(name="ppo", parents=("sft", "rm"), model_section="model", train_section="ppo",
           program="instructjax.ppo"),
     Stage(name="ppo_ptx", parents=("sft", "rm"), model_section="model", train_section="ppo",
@@ -61,6 +68,20 @@ def stages_for(config) -> tuple[Stage, ...]:
   """The stages a run of `config` trains, in order."""
   return tuple(s for s in STAGES if not (s.judge_only and has_gold(config))
                and not (s.optional and s.train_section not in config))
+
+
+def parents(config, name: str) -> tuple[str, ...]:
+  """The parents of stage `name` that a run of `config` trains (an optional one, such as
+  sft_big, only where the config has its section)."""
+  trained = {s.name for s in stages_for(config)}
+  return tuple(p for p in stage(name).parents if p in trained)
+
+
+def rm_trunk(config) -> Stage:
+  """The SFT stage the reward models (and PPO's value model) start from, whose
+  architecture they have: config.rm.trunk, "sft" (the policy's size) or "sft_big" (the
+  larger LM after SFT: the paper's one 6B RM for every policy size)."""
+  return stage(config.rm.get("trunk", "sft"))  # config.validate checks it names one
 
 
 def stage(name: str) -> Stage:

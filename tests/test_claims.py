@@ -63,3 +63,28 @@ def test_pretraining_flops_count_packed_rows_at_their_length(packed, tokens_per_
   # 6 x params x steps x rows x tokens per row, by hand.
   assert flops["pretrain"] == 6 * 1000 * 10 * 4 * tokens_per_row
   assert flops["pretrain_big"] == 6 * 3000 * 5 * 2 * tokens_per_row
+
+
+def test_an_rm_larger_than_the_policy_is_counted_at_its_size():
+  config = load_config(DEFAULT_CONFIG + ":large_rm")  # RM and value model from sft_big
+  small, big = 1000, 5000
+  flops = claims.training_flops(config, {"model": small, "big_model": big})
+  t, k_mean = config.data.max_len, (config.data.testbed.min_responses
+                                    + config.data.testbed.max_responses) / 2
+  assert flops["rm"] == 6 * big * config.rm.steps * config.rm.batch_size * k_mean * t
+  assert flops["sft_big"] == 6 * big * config.sft_big.steps * config.sft_big.batch_size * t
+  ppo, rloo = config.ppo, config.rloo
+  seq = config.data.max_prompt_len + ppo.max_new_tokens
+  # Forwards: the policy samples, its log-probs again, the reference (small); the reward
+  # and the value model (big). Updates: the policy and the value model.
+  by_hand = (ppo.rollout_batch_size * seq * 2 * (3 * small + 2 * big)
+             + ppo.epochs * ppo.rollout_batch_size * seq * 6 * (small + big))
+  assert flops["ppo"] == ppo.iterations * by_hand
+  # RLOO has no value model: one big forward (the reward), and the policy's update.
+  by_hand = (rloo.rollout_batch_size * seq * 2 * (3 * small + big)
+             + rloo.epochs * rloo.rollout_batch_size * seq * 6 * small)
+  assert flops["rloo"] == rloo.iterations * by_hand
+  results = {"flops": {**flops, "pretrain": 1e12}}
+  claim = claims._alignment_cost_modest(results)  # pylint: disable=protected-access
+  assert claim["measured"]["alignment_flops"] == (
+      flops["sft"] + flops["sft_big"] + flops["rm"] + flops["ppo_ptx"])

@@ -150,11 +150,12 @@ def test_rerun_finishes_every_stage_with_the_one_process_params(two_process_run,
 
 
 def _export_params(config, run_dir, stage, mesh) -> dict[str, np.ndarray]:
-  cfg = hf_import.resolve_model(config, str(run_dir), stage.model_section)
   where = os.path.join(run_dir, stage.name)
   if stage.program == "instructjax.reward":
-    _, params, _ = reward.load_reward_model(cfg, where, mesh, stage=stage.name)
+    _, params, _ = reward.load_reward_model(reward.model_config_of(config, str(run_dir)), where,
+                                            mesh, stage=stage.name)
   else:
+    cfg = hf_import.resolve_model(config, str(run_dir), stage.model_section)
     params, _ = stage_export.load_export(where, sharding.abstract_params(CausalLM(cfg), mesh),
                                          expected_stages=(stage.name,))
   return _flat(params)

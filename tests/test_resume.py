@@ -37,13 +37,13 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from instructjax import ppo, sharding, stage_export
+from instructjax import ppo, sharding, stage_export, stage_table
 from instructjax.checkpoints import Checkpointer
 from instructjax.config import model_config
 from instructjax.models import CausalLM, ScalarModel
 from instructjax.train_state import make_init_state
 
-PARENTS = {"pretrain": (), "sft": ("pretrain",), "rm": ("sft",), "ppo": ("sft", "rm"),
+PARENTS = {"pretrain": (), "sft": ("pretrain",), "rm": ("sft", "sft_big"), "ppo": ("sft", "rm"),
            "ppo_ptx": ("sft", "rm")}
 # stage -> (the checkpoint after which the kill lands, the last checkpoint)
 CHECKPOINTS = {"ppo_ptx": (2, 4)}
@@ -97,10 +97,15 @@ def _start_and_kill(programs, run_dir, stage: str, ckpt_dir, output, **when) -> 
   return moment
 
 
+def _rm_config(config):
+  section = stage_table.rm_trunk(config).model_section  # the RM has its trunk's shape
+  return model_config(config[section], field=f"config.{section}")
+
+
 def _model(config, stage: str):
-  cfg = model_config(config.model, field="config.model")
-  return (ScalarModel(cfg, likelihood_feature=config.rm.likelihood_feature) if stage == "rm"
-          else CausalLM(cfg))
+  if stage == "rm":
+    return ScalarModel(_rm_config(config), likelihood_feature=config.rm.likelihood_feature)
+  return CausalLM(model_config(config.model, field="config.model"))
 
 
 def _export(config, run_dir, stage: str):
@@ -116,7 +121,7 @@ def _init_state(config, stage: str):
   if stage in ppo.STAGES:
     cfg = model_config(config.model, field="config.model")
     policy, value_model, _ = ppo.make_models(
-        cfg, likelihood_feature=config.rm.likelihood_feature)
+        cfg, rm_cfg=_rm_config(config), likelihood_feature=config.rm.likelihood_feature)
     return ppo.make_init_state(config.ppo, policy, value_model)
   return make_init_state(_model(config, stage), config[stage], config.data.buckets[0])
 
@@ -209,7 +214,8 @@ def _export_files(stage_dir) -> dict:
 
 def test_killed_pipeline_resumes_mid_stage(programs, test_run, tmp_path):
   config, ref_dir = test_run  # the uninterrupted runs
-  before_ppo = ("pretrain", "pretrain_big", "sft", "rm")
+  names = [s.name for s in stage_table.stages_for(config)]
+  before_ppo = names[:names.index("ppo")]  # pretrain, pretrain_big, sft, sft_big, rm
   # The pipeline finds the reference's stages before PPO finished (their own kills are
   # tested above) and is killed in PPO, while checkpoint 4 is half-written.
   run_dir = tmp_path / "run"

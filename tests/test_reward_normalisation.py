@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from instructjax import ppo, reward, sharding
-from instructjax.config import model_config
 from instructjax.data import sources
 
 
@@ -54,9 +53,9 @@ def _padded(seqs):
 
 
 def _load_rm(config, run_dir):
-  cfg = model_config(config.model, field="config.model")
   mesh = sharding.make_mesh(**config.mesh)
-  model, params, card = reward.load_reward_model(cfg, os.path.join(run_dir, "rm"), mesh)
+  model, params, card = reward.load_reward_model(reward.model_config_of(config, str(run_dir)),
+                                                 os.path.join(run_dir, "rm"), mesh)
   return model, jax.device_get(params), card
 
 

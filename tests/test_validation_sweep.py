@@ -49,7 +49,7 @@ def test_sweep_trains_each_value_from_the_same_parents(test_run, programs, tmp_p
   config, run_dir = test_run
   base = tmp_path / "run"
   base.mkdir()
-  for name in ("testbed", "pretrain", "sft", "rm"):
+  for name in ("testbed", "pretrain", "pretrain_big", "sft", "sft_big", "rm"):
     os.symlink(run_dir / name, base / name)
   command = [sys.executable, "experiments/validity/validation_sweep.py", f"--config={CONFIG}",
              f"--workdir={base}", *PPO_FLAGS, "--stage=ppo_ptx", "--field=ppo.ptx_coef",
@@ -107,7 +107,7 @@ def test_rm_sweep_trains_each_readout(test_run, programs, tmp_path):
   config, run_dir = test_run
   base = tmp_path / "run"
   base.mkdir()
-  for name in ("testbed", "pretrain", "sft"):
+  for name in ("testbed", "pretrain", "pretrain_big", "sft", "sft_big"):
     os.symlink(run_dir / name, base / name)
   command = [sys.executable, "experiments/validity/validation_sweep.py", f"--config={CONFIG}",
              f"--workdir={base}", "--stage=rm", "--field=rm.likelihood_feature",
@@ -119,6 +119,9 @@ def test_rm_sweep_trains_each_readout(test_run, programs, tmp_path):
     where = validation_sweep.value_dir(str(base), "rm", "rm.likelihood_feature", value)
     card = stage_export.read_card(os.path.join(where, "rm"), expected_stages=("rm",))
     assert card.likelihood_feature is feature  # the value reached training
+    # The RM's trunk (config.rm.trunk, sft_big in :test) is linked with the rest.
+    assert os.path.realpath(os.path.join(where, "sft_big")) == os.path.realpath(
+        run_dir / "sft_big")
   with open(base / "sweeps" / "rm" / "rm.likelihood_feature.json", encoding="utf-8") as f:
     rows = json.load(f)["rows"]
   assert [r["value"] for r in rows] == ["false", "true"]

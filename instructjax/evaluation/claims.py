@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from instructjax import stage_table
+
 
 def _rate(models, name, group="train_labelers"):
   return models[name]["win_rate_vs_sft"][group]
@@ -22,32 +24,38 @@ def training_flops(config: ml_collections.ConfigDict, params: dict[str, int]) ->
   t = config.data.max_len
   t_pretrain = config.data.pack_pretraining or t
   small, big = params["model"], params["big_model"]
+  rm = params[stage_table.rm_trunk(config).model_section]  # the RM's and value model's size
   k_mean = (config.data.testbed.min_responses + config.data.testbed.max_responses) / 2
   flops = {
       "pretrain": 6 * small * config.pretrain.steps * config.pretrain.batch_size * t_pretrain,
       "pretrain_big": (6 * big * config.pretrain_big.steps * config.pretrain_big.batch_size
                        * t_pretrain),
       "sft": 6 * small * config.sft.steps * config.sft.batch_size * t,
-      "rm": 6 * small * config.rm.steps * config.rm.batch_size * k_mean * t,
-      "ppo": _rl_flops(config, config.ppo, small, ptx=False),
-      "ppo_ptx": _rl_flops(config, config.ppo, small, ptx=True),
+      "rm": 6 * rm * config.rm.steps * config.rm.batch_size * k_mean * t,
+      "ppo": _rl_flops(config, config.ppo, small, rm, ptx=False),
+      "ppo_ptx": _rl_flops(config, config.ppo, small, rm, ptx=True),
   }
+  if "sft_big" in config:
+    flops["sft_big"] = 6 * big * config.sft_big.steps * config.sft_big.batch_size * t
   for section in ("rloo", "grpo"):
     if section in config:
-      flops[section] = _rl_flops(config, config[section], small, ptx=False)
+      flops[section] = _rl_flops(config, config[section], small, rm, ptx=False)
   if "dpo" in config:  # a policy pass and a reference forward over all K responses
     flops["dpo"] = (6 + 2) * small * config.dpo.steps * config.dpo.batch_size * k_mean * t
   return flops
 
 
-def _rl_flops(config, rl: ml_collections.ConfigDict, small: int, *, ptx: bool) -> float:
-  """An RL stage's FLOPs: sampling and scoring forwards (policy, its recomputed log-probs,
-  reference, reward, and the value model when there is one), then the updates."""
+def _rl_flops(config, rl: ml_collections.ConfigDict, small: int, rm: int, *,
+              ptx: bool) -> float:
+  """An RL stage's FLOPs: sampling and scoring forwards (policy, its recomputed log-probs
+  and reference, of `small` params; reward and, when there is one, the value model, of
+  `rm`), then the updates of the policy and the value model."""
   critic = rl.advantage == "gae"
   seq = config.data.max_prompt_len + rl.max_new_tokens
+  value = rm if critic else 0
   per_iteration = (
-      rl.rollout_batch_size * seq * small * 2 * (5 if critic else 4)
-      + rl.epochs * rl.rollout_batch_size * seq * small * 6 * (2 if critic else 1))
+      rl.rollout_batch_size * seq * 2 * (3 * small + rm + value)
+      + rl.epochs * rl.rollout_batch_size * seq * 6 * (small + value))
   if ptx:
     per_iteration += (rl.epochs * (rl.rollout_batch_size // rl.minibatch_size)
                       * rl.ptx_batch_size * config.data.max_len * small * 6)
@@ -90,13 +98,15 @@ def _aligned_small_beats_large_vanilla(results: dict[str, Any]) -> dict:
 
 def _alignment_cost_modest(results: dict[str, Any]) -> dict:
   flops = results["flops"]
-  alignment = flops["sft"] + flops["rm"] + flops["ppo_ptx"]
+  # With an RM larger than the policy, its own SFT (sft_big) is alignment compute too.
+  alignment = flops["sft"] + flops.get("sft_big", 0.0) + flops["rm"] + flops["ppo_ptx"]
   ratio = alignment / flops["pretrain"]
   return {
       "id": "alignment_cost_modest",
       "paper": "SFT + PPO-ptx cost about 60 petaflop/s-days against 3,640 for pretraining "
                "GPT-3 (under 2%).",
-      "criterion": "SFT + RM + PPO-ptx compute is under 25% of the small model's "
+      "criterion": "SFT (and the RM's own SFT, if it has one) + RM + PPO-ptx compute is "
+                   "under 25% of the small model's "
                    "pretraining compute (the testbed's pretraining is itself tiny, so the "
                    "paper's 2% is not expected).",
       "measured": {"alignment_flops": alignment, "pretrain_flops": flops["pretrain"],

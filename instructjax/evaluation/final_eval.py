@@ -32,7 +32,7 @@ from instructjax.evaluation import measures, tax
 from instructjax.evaluation.contestants import (BASELINE, CHAMPION, LABELER_GROUPS, RIVALS,
                                                Contestant, contestant, contestants_for)
 from instructjax.models import CausalLM
-from instructjax.reward import load_reward_model
+from instructjax.reward import load_reward_model, model_config_of
 
 N_SAMPLES = 4  # prompts whose answers the report shows for every model
 
@@ -194,8 +194,8 @@ def evaluate_all(config: ml_collections.ConfigDict, run_dir: str) -> dict:
 
 def _reward_model(config, run_dir: str, mesh) -> RewardModel:
   """The RM the RL stages were trained against, from WORKDIR/rm."""
-  model, params, card = load_reward_model(
-      hf_import.resolve_model(config, run_dir, "model"), os.path.join(run_dir, "rm"), mesh)
+  model, params, card = load_reward_model(model_config_of(config, run_dir),
+                                          os.path.join(run_dir, "rm"), mesh)
   return RewardModel(model=model, params=params, bias=card.reward_bias)
 
 

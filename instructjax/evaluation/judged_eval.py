@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from instructjax import hf_import, multihost, reward, sharding
+from instructjax import multihost, reward, sharding
 from instructjax.data import batching, records, sources
 from instructjax.evaluation import final_eval, measures
 from instructjax.evaluation.contestants import BASELINE, contestant, contestants_for
@@ -66,8 +66,8 @@ def evaluate_judged(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   mesh = sharding.make_mesh(**config.mesh)
   prompts = [r.prompt for r in data.read("eval_prompts")][:config.eval.prompts]
   models = final_eval.Models(config, run_dir, mesh)
-  cfg = hf_import.resolve_model(config, run_dir, "model")
-  judges = {judge: reward.load_reward_model(cfg, os.path.join(run_dir, judge), mesh,
+  rm_cfg = reward.model_config_of(config, run_dir)
+  judges = {judge: reward.load_reward_model(rm_cfg, os.path.join(run_dir, judge), mesh,
                                             stage=judge) for judge in JUDGES}
   rng = jax.random.PRNGKey(config.seed + 7)
   tok = data.tokenizer

@@ -40,7 +40,7 @@ _TIMED = ("testbed", *stage_table.NAMES, "eval")  # rows of the compute table, i
 # The compute that produced the final aligned model (PPO-ptx), as in the paper's
 # "SFT + PPO-ptx vs GPT-3 pretraining" comparison; the RM is counted too because here
 # it is trained on the same small model.
-_ALIGNMENT_STAGES = ("sft", "rm", "ppo_ptx")
+_ALIGNMENT_STAGES = ("sft", "sft_big", "rm", "ppo_ptx")  # sft_big: the RM's own SFT, if any
 _PAPER_ALIGNMENT_RATIO = 60 / 3640  # SFT + PPO-ptx vs GPT-3, petaflop/s-days (Ouyang et al.)
 _LABELER_GROUPS = tuple(LABELER_TITLES.items())  # (results key, title)
 
@@ -292,14 +292,15 @@ def _compute_blocks(results: Mapping[str, Any]) -> list[Block]:
   cells = time_rows(times, results["compile_times_s"], stages)
   rows = [(s, _sci(flops.get(s)), *c) for s, c in zip(stages, cells)]
   rows.append(("total", _sci(sum(flops.values())), *cells[-1]))
-  alignment = sum(flops.get(s, 0.0) for s in _ALIGNMENT_STAGES)
+  counted = [s for s in _ALIGNMENT_STAGES if s in flops]
+  alignment = sum(flops[s] for s in counted)
   pretrain = flops.get("pretrain", 0.0)
   ratio = (f"{alignment / pretrain:.2%}" if finite(pretrain) and pretrain > 0
            else "n/a (no pretraining FLOPs)")
   return [
       Heading(2, "Compute"),
       Table(("Stage", "FLOPs", "Wall time", "of which compiling"), rows),
-      Paragraph(f"Alignment compute ({' + '.join(_ALIGNMENT_STAGES)}) relative to "
+      Paragraph(f"Alignment compute ({' + '.join(counted)}) relative to "
                 f"pretraining the small model: {ratio} (paper, 175B: SFT + PPO-ptx vs "
                 f"GPT-3 pretraining = {_PAPER_ALIGNMENT_RATIO:.2%})."),
   ]

@@ -27,16 +27,16 @@ import ml_collections
 
 import numpy as np
 
-from instructjax import hf_import, reward, sampling, sharding, stage_table
+from instructjax import reward, sampling, sharding, stage_table
 from instructjax.atomic_write import write_json
 from instructjax.data import sources, testbed, tokenize
 from instructjax.evaluation import final_eval, judged_eval, measures
 
 
-def _ancestors(name: str) -> list[str]:
+def _ancestors(config, name: str) -> list[str]:
   out = []
-  for parent in stage_table.stage(name).parents:
-    out += [a for a in _ancestors(parent) + [parent] if a not in out]
+  for parent in stage_table.parents(config, name):
+    out += [a for a in _ancestors(config, parent) + [parent] if a not in out]
   return out
 
 
@@ -72,7 +72,7 @@ def _link_parents(config, run_dir: str, where: str, stage: str) -> None:
   """Links the testbed and the stage's ancestors into `where`, from run_dir."""
   os.makedirs(where, exist_ok=True)
   shared = ["testbed"] if stage_table.has_gold(config) and not config.data.dir else []
-  for name in shared + _ancestors(stage):
+  for name in shared + _ancestors(config, stage):
     source, link = os.path.join(run_dir, name), os.path.join(where, name)
     if not os.path.exists(source):
       raise FileNotFoundError(f"{source} is missing: run the pipeline in {run_dir} first")
@@ -122,8 +122,8 @@ def rm_validation_measures(config, run_dir: str, *, samples_per_prompt: int = 8)
           eos_id=tokenize.eos_id(tok), pad_id=tokenize.pad_id(tok)),
       batch_size=64, buckets=(config.data.max_prompt_len,), mesh=mesh,
       rng=jax.random.PRNGKey(config.seed))
-  cfg = hf_import.resolve_model(config, run_dir, "model")
-  model, params, card = reward.load_reward_model(cfg, os.path.join(run_dir, "rm"), mesh)
+  model, params, card = reward.load_reward_model(reward.model_config_of(config, run_dir),
+                                                 os.path.join(run_dir, "rm"), mesh)
   scores = judged_eval.score_answers(model, params, prompts, texts, tok, config=config,
                                      mesh=mesh).reshape(-1, n)  # [prompts, n]
   scores = np.where(np.array([t.strip() == "" for t in texts]).reshape(-1, n), -np.inf,

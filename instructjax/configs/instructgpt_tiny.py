@@ -102,6 +102,29 @@ def _dpo():
   return section
 
 
+def _rm():
+  """Stage 2's section: the reward model."""
+  # One epoch of the 4,800 ranked prompts (paper: 1 epoch, as the RM overfits); the
+  # learning rate was chosen on rm_eval (config.choices).
+  rm = _train(steps=300, batch_size=16, lr=1e-3, warmup_steps=20)
+  # Share of each prompt's K ranked responses that are samples of the SFT policy (the
+  # paper's labelers rank model outputs); the rest are the testbed's synthetic ones.
+  # Chosen on validation (config.choices).
+  rm.policy_sample_fraction = 1.0
+  # The reward adds a learned multiple of the response's mean log-likelihood under the
+  # RM's own trunk (models.ScalarModel), so what SFT learnt about right answers reaches
+  # the reward; chosen on validation (config.choices). False = the paper's readout.
+  rm.likelihood_feature = True
+  # The SFT stage the RM (and PPO's value model) starts from: "sft", the policy's size,
+  # chosen on validation (config.choices); "sft_big" (variant large_rm) is the paper's
+  # setting, an RM larger than the policy.
+  rm.trunk = "sft"
+  # On real data (no gold score): the share of rm_train prompts held out for the judge
+  # RM of the final evaluation (stage rm_judge), never seen by the RM or PPO.
+  rm.judge_fraction = 0.2
+  return rm
+
+
 def _choices():
   """How each choice of this config was made: the report prints it. Those measured were
   measured on validation data (the testbed's validation prompts, or rm_eval for the RM),
@@ -218,24 +241,7 @@ def get_config(variant: str = ""):
   # checkpoint is the evaluated one (every 200 steps) with the best validation gold score
   # (sft.SELECT_BY; config.choices).
   config.sft = _train(steps=1400, batch_size=32, lr=3e-3, warmup_steps=50, eval_every=200)
-  # One epoch of the 4,800 ranked prompts (paper: 1 epoch, as the RM overfits); the
-  # learning rate was chosen on rm_eval (config.choices).
-  config.rm = _train(steps=300, batch_size=16, lr=1e-3, warmup_steps=20)
-  # Share of each prompt's K ranked responses that are samples of the SFT policy (the
-  # paper's labelers rank model outputs); the rest are the testbed's synthetic ones.
-  # Chosen on validation (config.choices).
-  config.rm.policy_sample_fraction = 1.0
-  # The reward adds a learned multiple of the response's mean log-likelihood under the
-  # RM's own trunk (models.ScalarModel), so what SFT learnt about right answers reaches
-  # the reward; chosen on validation (config.choices). False = the paper's readout.
-  config.rm.likelihood_feature = True
-  # The SFT stage the RM (and PPO's value model) starts from: "sft", the policy's size,
-  # chosen on validation (config.choices); "sft_big" (variant large_rm) is the paper's
-  # setting, an RM larger than the policy.
-  config.rm.trunk = "sft"
-  # On real data (no gold score): the share of rm_train prompts held out for the judge
-  # RM of the final evaluation (stage rm_judge), never seen by the RM or PPO.
-  config.rm.judge_fraction = 0.2
+  config.rm = _rm()
 
   config.ppo = _ppo()
   # Methods beyond InstructGPT, compared with PPO in the same evaluation; delete a

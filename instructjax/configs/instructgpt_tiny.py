@@ -275,7 +275,7 @@ def get_config(variant: str = ""):
 def _large_rm(config) -> None:
   """The RM, and PPO's value model, 5.5x the policy: the large vanilla LM after SFT on the
   same demonstrations (stage sft_big, SFT's recipe and checkpoint choice), as the paper's
-  one 6B RM judged every policy size. About 8 minutes longer than the default run."""
+  one 6B RM judged every policy size. About 9 minutes longer than the default run."""
   config.sft_big = config.sft.copy_and_resolve_references()
   config.rm.trunk = "sft_big"
 
